@@ -1,0 +1,122 @@
+// Shared basics: error-check macros, a deterministic RNG, wall-clock timing.
+// Everything here compiles under g++ and nvcc alike.
+#pragma once
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <errno.h>
+#include <time.h>
+
+// ----------------------------------------------------------------------------
+// errors: one line naming the problem, then a non-zero exit.
+// Under MPI the communicator installs an abort hook so that one failing rank
+// takes the whole job down instead of leaving the others waiting.
+
+typedef void (*mosaic_abort_fn)(int code);
+static mosaic_abort_fn mosaic_abort_hook = NULL;
+
+static inline void mosaic_exit(int code) {
+    fflush(stdout);
+    fflush(stderr);
+    if (mosaic_abort_hook) mosaic_abort_hook(code);
+    exit(code);
+}
+
+// user-facing error (bad flag, bad file): "mosaic: error: <message>"
+static inline void mosaic_fail(const char* fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    fprintf(stderr, "mosaic: error: ");
+    vfprintf(stderr, fmt, args);
+    fprintf(stderr, "\n");
+    va_end(args);
+    mosaic_exit(1);
+}
+
+// internal check: names the condition, file:line and a hint for the reader
+#define MOSAIC_CHECK(cond, hint)                                                         \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            fprintf(stderr, "mosaic: error: check '%s' failed at %s:%d (%s)\n", #cond, \
+                    __FILE__, __LINE__, hint);                                           \
+            mosaic_exit(1);                                                              \
+        }                                                                                \
+    } while (0)
+
+static inline void* malloc_check(size_t size, const char* file, int line) {
+    void* p = malloc(size > 0 ? size : 1);
+    if (p == NULL) {
+        fprintf(stderr, "mosaic: error: malloc of %zu bytes failed at %s:%d (out of host memory? reduce --batch or rows)\n",
+                size, file, line);
+        mosaic_exit(1);
+    }
+    return p;
+}
+#define mallocCheck(size) malloc_check((size), __FILE__, __LINE__)
+
+static inline void* calloc_check(size_t size, const char* file, int line) {
+    void* p = malloc_check(size, file, line);
+    memset(p, 0, size);
+    return p;
+}
+#define callocCheck(size) calloc_check((size), __FILE__, __LINE__)
+
+static inline FILE* fopen_check(const char* path, const char* mode, const char* file, int line) {
+    (void)file; (void)line;
+    FILE* f = fopen(path, mode);
+    if (f == NULL) mosaic_fail("cannot open '%s': %s", path, strerror(errno));
+    return f;
+}
+#define fopenCheck(path, mode) fopen_check((path), (mode), __FILE__, __LINE__)
+
+// fread that names the file and how much was missing when the file is short
+static inline void fread_check(void* ptr, size_t size, size_t count, FILE* f, const char* path) {
+    size_t got = fread(ptr, size, count, f);
+    if (got != count)
+        mosaic_fail("'%s' is truncated or unreadable: wanted %zu items of %zu bytes, got %zu", path, count, size, got);
+}
+
+static inline void fwrite_check(const void* ptr, size_t size, size_t count, FILE* f, const char* path) {
+    size_t put = fwrite(ptr, size, count, f);
+    if (put != count) mosaic_fail("cannot write '%s': %s", path, strerror(errno));
+}
+
+// ----------------------------------------------------------------------------
+// deterministic random numbers (splitmix64 seeding, xoshiro-style state update)
+
+typedef struct {
+    uint64_t state;
+} Rng;
+
+static inline uint64_t rng_next_u64(Rng* rng) {
+    // splitmix64: small, fast, and every seed (including 0) gives a good stream
+    uint64_t z = (rng->state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline void rng_seed(Rng* rng, uint64_t seed) { rng->state = seed * 0x2545F4914F6CDD1Dull + 0x1234567ull; }
+// uniform in [0, 1)
+static inline double rng_uniform(Rng* rng) { return (double)(rng_next_u64(rng) >> 11) * (1.0 / 9007199254740992.0); }
+// uniform integer in [lo, hi] inclusive
+static inline int rng_int(Rng* rng, int lo, int hi) { return lo + (int)(rng_next_u64(rng) % (uint64_t)(hi - lo + 1)); }
+// standard normal (Box-Muller; one value per call keeps the stream position simple)
+static inline double rng_normal(Rng* rng) {
+    double u1 = rng_uniform(rng), u2 = rng_uniform(rng);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+// ----------------------------------------------------------------------------
+// timing
+
+static inline double wall_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }

@@ -1,0 +1,372 @@
+// CPU leaf ops: the only CPU code that reads or writes tensor memory (besides attention).
+// Each op is a template over the element type so that the gradient checks can run it in
+// double; the model instantiates float. Conventions:
+//   - outputs first, then inputs, then sizes;
+//   - a backward op OVERWRITES the gradient of its activation input (dinp) and ACCUMULATES
+//     (+=) into parameter gradients, which are zeroed once per step;
+//   - reductions run in a fixed order that does not depend on the thread count, so the same
+//     inputs give the same bits with 1 or 64 threads.
+#pragma once
+#include <cblas.h>
+#include <omp.h>
+#include "common.h"
+
+// ----------------------------------------------------------------------------
+// device memory: on the CPU build "device" memory is host memory
+
+static inline void* device_malloc(size_t bytes) { return mallocCheck(bytes); }
+static inline void device_free(void* ptr) { free(ptr); }
+static inline void device_memset_zero(void* ptr, size_t bytes) { memset(ptr, 0, bytes); }
+static inline void device_copy_to_device(void* dst, const void* src, size_t bytes) { memcpy(dst, src, bytes); }
+static inline void device_copy_to_host(void* dst, const void* src, size_t bytes) { memcpy(dst, src, bytes); }
+static inline void device_copy(void* dst, const void* src, size_t bytes) { memcpy(dst, src, bytes); }
+
+// ----------------------------------------------------------------------------
+// GEMM through cblas, overloaded so templates pick the right precision
+
+static inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha,
+                             const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+static inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, double alpha,
+                             const double* a, int lda, const double* b, int ldb, double beta, double* c, int ldc) {
+    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// sums over the rows of a (N, D) matrix, one column block per thread; each column is summed
+// top to bottom, so the result is independent of the thread count.
+// out[d] += sum_n a[n, d] * (b ? b[n, d] : 1)
+template <typename T>
+static void column_sums_accumulate(T* out, const T* a, const T* b, long N, int D) {
+#pragma omp parallel for schedule(static)
+    for (int d = 0; d < D; d++) {
+        double acc = 0.0;
+        if (b) {
+            for (long n = 0; n < N; n++) acc += (double)a[n * D + d] * (double)b[n * D + d];
+        } else {
+            for (long n = 0; n < N; n++) acc += (double)a[n * D + d];
+        }
+        out[d] += (T)acc;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// linear layer, PyTorch convention: weight is (out_dim, in_dim)
+
+template <typename T>
+static void matmul_forward(T* out, const T* inp, const T* weight, const T* bias, long N, int in_dim, int out_dim) {
+    // out (N, out_dim) = inp (N, in_dim) @ weight^T + bias
+    if (N == 0) return;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (long n = 0; n < N; n++) memcpy(out + n * out_dim, bias, out_dim * sizeof(T));
+    }
+    blas_gemm(CblasNoTrans, CblasTrans, (int)N, out_dim, in_dim, (T)1, inp, in_dim, weight, in_dim,
+              bias ? (T)1 : (T)0, out, out_dim);
+}
+
+template <typename T>
+static void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, long N,
+                            int in_dim, int out_dim) {
+    // dinp (N, in_dim) = dout (N, out_dim) @ weight; dweight (out_dim, in_dim) += dout^T @ inp
+    if (N == 0) return;
+    if (dinp) blas_gemm(CblasNoTrans, CblasNoTrans, (int)N, in_dim, out_dim, (T)1, dout, out_dim, weight, in_dim, (T)0, dinp, in_dim);
+    blas_gemm(CblasTrans, CblasNoTrans, out_dim, in_dim, (int)N, (T)1, dout, out_dim, inp, in_dim, (T)1, dweight, in_dim);
+    if (dbias) column_sums_accumulate(dbias, dout, (const T*)NULL, N, out_dim);
+}
+
+// ----------------------------------------------------------------------------
+// LayerNorm over the last dimension, eps 1e-5, biased variance (as torch.nn.LayerNorm)
+
+template <typename T>
+static void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, long N, int E) {
+    // out, inp (N, E); mean, rstd (N)
+#pragma omp parallel for schedule(static)
+    for (long n = 0; n < N; n++) {
+        const T* x = inp + n * E;
+        double m = 0.0;
+        for (int e = 0; e < E; e++) m += x[e];
+        m /= E;
+        double v = 0.0;
+        for (int e = 0; e < E; e++) v += (x[e] - m) * (x[e] - m);
+        v /= E;
+        double s = 1.0 / sqrt(v + 1e-5);
+        T* o = out + n * E;
+        for (int e = 0; e < E; e++) o[e] = (T)((x[e] - m) * s) * weight[e] + bias[e];
+        mean[n] = (T)m;
+        rstd[n] = (T)s;
+    }
+}
+
+template <typename T>
+static void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                               const T* mean, const T* rstd, long N, int E) {
+    // dinp, dout, inp (N, E); dweight, dbias (E) accumulate
+#pragma omp parallel for schedule(static)
+    for (long n = 0; n < N; n++) {
+        const T* x = inp + n * E;
+        const T* dy = dout + n * E;
+        T m = mean[n], s = rstd[n];
+        // dxhat = dy * w; dx = s * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        double dnorm_mean = 0.0, dnorm_xhat_mean = 0.0;
+        for (int e = 0; e < E; e++) {
+            T xhat = (x[e] - m) * s;
+            T dxhat = dy[e] * weight[e];
+            dnorm_mean += dxhat;
+            dnorm_xhat_mean += dxhat * xhat;
+        }
+        dnorm_mean /= E;
+        dnorm_xhat_mean /= E;
+        T* dx = dinp + n * E;
+        for (int e = 0; e < E; e++) {
+            T xhat = (x[e] - m) * s;
+            T dxhat = dy[e] * weight[e];
+            dx[e] = s * (dxhat - (T)dnorm_mean - xhat * (T)dnorm_xhat_mean);
+        }
+    }
+    // parameter gradients: column sums in a fixed order
+#pragma omp parallel for schedule(static)
+    for (int e = 0; e < E; e++) {
+        double dw = 0.0, db = 0.0;
+        for (long n = 0; n < N; n++) {
+            T xhat = (inp[n * E + e] - mean[n]) * rstd[n];
+            dw += (double)dout[n * E + e] * xhat;
+            db += dout[n * E + e];
+        }
+        dweight[e] += (T)dw;
+        dbias[e] += (T)db;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// exact GELU: x * Phi(x)
+
+template <typename T>
+static void gelu_forward(T* out, const T* inp, long n) {
+#pragma omp parallel for simd schedule(static)
+    for (long i = 0; i < n; i++) {
+        T x = inp[i];
+        out[i] = (T)0.5 * x * ((T)1 + erf(x * (T)M_SQRT1_2));
+    }
+}
+
+template <typename T>
+static void gelu_backward(T* dinp, const T* inp, const T* dout, long n) {
+    const T inv_sqrt_2pi = (T)0.3989422804014327;
+#pragma omp parallel for simd schedule(static)
+    for (long i = 0; i < n; i++) {
+        T x = inp[i];
+        T cdf = (T)0.5 * ((T)1 + erf(x * (T)M_SQRT1_2));
+        T pdf = inv_sqrt_2pi * exp((T)-0.5 * x * x);
+        dinp[i] = dout[i] * (cdf + x * pdf);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// elementwise
+
+template <typename T>
+static void residual_forward(T* out, const T* a, const T* b, long n) {
+#pragma omp parallel for simd schedule(static)
+    for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+template <typename T>
+static void add_inplace(T* acc, const T* x, long n) {
+#pragma omp parallel for simd schedule(static)
+    for (long i = 0; i < n; i++) acc[i] += x[i];
+}
+
+// ----------------------------------------------------------------------------
+// feature encoder: per dataset and feature, standardise with train-row statistics, clip,
+// then Linear(1 -> E) per cell. Statistics are split into a local sum (this rank's train
+// rows) and the normalisation, so that a row-sharded run can all-reduce the sums between.
+
+// stats (B, F, 3) = [count, sum, sum of squares] over the train rows held here, in double
+// so that sum-of-squares variance keeps its precision
+template <typename T>
+static void feature_stats_local(double* stats, const T* x, int B, int R, int F, int S) {
+    // x (B, R, F); rows [0, S) of each dataset are train rows
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int f = 0; f < F; f++) {
+            double sum = 0.0, sumsq = 0.0;
+            for (int r = 0; r < S; r++) {
+                double v = x[((long)b * R + r) * F + f];
+                sum += v;
+                sumsq += v * v;
+            }
+            double* st = stats + ((long)b * F + f) * 3;
+            st[0] = S;
+            st[1] = sum;
+            st[2] = sumsq;
+        }
+    }
+}
+
+// xnorm (B, R, F) = clip((x - mean) / (std + 1e-20), -100, 100), std unbiased
+template <typename T>
+static void feature_normalize(T* xnorm, const T* x, const double* stats, int B, int R, int F) {
+#pragma omp parallel for schedule(static)
+    for (long br = 0; br < (long)B * R; br++) {
+        int b = (int)(br / R);
+        for (int f = 0; f < F; f++) {
+            const double* st = stats + ((long)b * F + f) * 3;
+            double n = st[0];
+            double mean = st[1] / n;
+            // n == 1 gives 0/0 = NaN, as torch.std does for a single train row
+            double var = (st[2] - n * mean * mean) / (n - 1.0);
+            double sd = sqrt(var > 0.0 ? var : 0.0);
+            double z = ((double)x[br * F + f] - mean) / (sd + 1e-20);
+            z = z < -100.0 ? -100.0 : (z > 100.0 ? 100.0 : z);
+            xnorm[br * F + f] = (T)z;
+        }
+    }
+}
+
+// label stats (B, 2) = [train row count, sum of train labels]
+template <typename T>
+static void label_stats_local(double* stats, const T* y, int B, int R, int S) {
+    for (int b = 0; b < B; b++) {
+        double sum = 0.0;
+        for (int r = 0; r < S; r++) sum += y[(long)b * R + r];
+        stats[b * 2 + 0] = S;
+        stats[b * 2 + 1] = sum;
+    }
+}
+
+// ynorm (B, R): train rows keep their label, test rows get the train-label mean
+template <typename T>
+static void target_fill(T* ynorm, const T* y, const double* stats, int B, int R, int S) {
+    for (int b = 0; b < B; b++) {
+        T mean = (T)(stats[b * 2 + 1] / stats[b * 2 + 0]);
+        for (int r = 0; r < R; r++) ynorm[(long)b * R + r] = r < S ? y[(long)b * R + r] : mean;
+    }
+}
+
+// out[:, :, col0 + f, :] = v[:, :, f] * w + bias for f in [0, n_cols): Linear(1 -> E) per cell
+// out (B*R, C, E); v (B*R, n_cols); w, bias (E)
+template <typename T>
+static void scalar_embed_forward(T* out, const T* v, const T* w, const T* bias, long BR, int n_cols, int col0, int C, int E) {
+#pragma omp parallel for schedule(static)
+    for (long br = 0; br < BR; br++) {
+        for (int f = 0; f < n_cols; f++) {
+            T val = v[br * n_cols + f];
+            T* o = out + (br * C + col0 + f) * E;
+            for (int e = 0; e < E; e++) o[e] = val * w[e] + bias[e];
+        }
+    }
+}
+
+// dw, dbias (E) += sums over cells of dout * v and dout
+template <typename T>
+static void scalar_embed_backward(T* dw, T* dbias, const T* dout, const T* v, long BR, int n_cols, int col0, int C, int E) {
+#pragma omp parallel for schedule(static)
+    for (int e = 0; e < E; e++) {
+        double gw = 0.0, gb = 0.0;
+        for (long br = 0; br < BR; br++) {
+            for (int f = 0; f < n_cols; f++) {
+                T g = dout[(br * C + col0 + f) * E + e];
+                gw += (double)g * v[br * n_cols + f];
+                gb += g;
+            }
+        }
+        dw[e] += (T)gw;
+        dbias[e] += (T)gb;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// decoder input: the target column (last) of the test rows
+
+// out (B, R-S, E) = x[b, S + i, C - 1, :]; x (B, R, C, E)
+template <typename T>
+static void gather_target_test_rows(T* out, const T* x, int B, int R, int C, int S, int E) {
+    int T_rows = R - S;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < T_rows; i++)
+            memcpy(out + ((long)b * T_rows + i) * E, x + (((long)b * R + S + i) * C + C - 1) * E, E * sizeof(T));
+}
+
+// dx (B, R, C, E) = 0 everywhere but the gathered cells, which get dout (B, R-S, E)
+template <typename T>
+static void scatter_target_test_rows(T* dx, const T* dout, int B, int R, int C, int S, int E) {
+    memset(dx, 0, (size_t)B * R * C * E * sizeof(T));
+    int T_rows = R - S;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < T_rows; i++)
+            memcpy(dx + (((long)b * R + S + i) * C + C - 1) * E, dout + ((long)b * T_rows + i) * E, E * sizeof(T));
+}
+
+// ----------------------------------------------------------------------------
+// softmax cross-entropy over the test rows
+
+// loss_sum (1) = sum over rows of -log softmax(logits)[label]; probs (N, K); labels from
+// y (B, R) rows [S, R) in (b, i) order, so N = B * (R - S). The sum runs in row order.
+template <typename T>
+static void crossentropy_forward(T* loss_sum, T* probs, const T* logits, const T* y, int B, int R, int S, int K) {
+    long N = (long)B * (R - S);
+    double total = 0.0;
+    for (long n = 0; n < N; n++) {
+        const T* z = logits + n * K;
+        T* p = probs + n * K;
+        double zmax = z[0];
+        for (int k = 1; k < K; k++) zmax = z[k] > zmax ? z[k] : zmax;
+        double sum = 0.0;
+        for (int k = 0; k < K; k++) sum += exp((double)z[k] - zmax);
+        for (int k = 0; k < K; k++) p[k] = (T)(exp((double)z[k] - zmax) / sum);
+        int label = (int)y[(n / (R - S)) * R + S + n % (R - S)];
+        total += -((double)z[label] - zmax - log(sum));
+    }
+    loss_sum[0] = (T)total;
+}
+
+// dlogits (N, K) = (probs - onehot(label)) * scale; scale = 1 / (global number of test rows)
+template <typename T>
+static void crossentropy_backward(T* dlogits, const T* probs, const T* y, T scale, int B, int R, int S, int K) {
+    long N = (long)B * (R - S);
+    for (long n = 0; n < N; n++) {
+        int label = (int)y[(n / (R - S)) * R + S + n % (R - S)];
+        for (int k = 0; k < K; k++) dlogits[n * K + k] = (probs[n * K + k] - (k == label ? (T)1 : (T)0)) * scale;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// optimizer
+
+// out (1) = sum of squares of x, in double over 64 fixed chunks, summed in chunk order
+template <typename T>
+static void sum_of_squares(double* out, const T* x, size_t n) {
+    enum { CHUNKS = 64 };
+    double partial[CHUNKS];
+    size_t chunk = (n + CHUNKS - 1) / CHUNKS;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < CHUNKS; c++) {
+        size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        double acc = 0.0;
+        for (size_t i = lo; i < hi; i++) acc += (double)x[i] * x[i];
+        partial[c] = acc;
+    }
+    double total = 0.0;
+    for (int c = 0; c < CHUNKS; c++) total += partial[c];
+    out[0] = total;
+}
+
+// AdamW as torch.optim.AdamW: decoupled weight decay, bias-corrected moments.
+// grad_scale folds gradient clipping in; step counts from 1.
+template <typename T>
+static void adamw_update(T* params, T* m, T* v, const T* grads, size_t n, float lr, float beta1, float beta2,
+                         float eps, float weight_decay, float grad_scale, int step) {
+    double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
+    T step_size = (T)(lr / bc1);
+    T inv_sqrt_bc2 = (T)(1.0 / sqrt(bc2));
+    T decay = (T)(1.0 - (double)lr * weight_decay);
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        T g = grads[i] * grad_scale;
+        m[i] = beta1 * m[i] + (1 - beta1) * g;
+        v[i] = beta2 * v[i] + (1 - beta2) * g * g;
+        T denom = sqrt(v[i]) * inv_sqrt_bc2 + eps;
+        params[i] = params[i] * decay - step_size * m[i] / denom;
+    }
+}

@@ -1,0 +1,559 @@
+// The nanoTabPFN-style model: configuration, parameter and activation layout, forward,
+// backward and the AdamW update. This is orchestration: it never reads or writes tensor
+// memory itself, only hands pointers to leaf ops (model/ops_cpu.h, attention/) and to the
+// communicator, so the CUDA build reuses it unchanged.
+//
+// Shapes: B datasets, R rows, F features, C = F + 1 columns (target last), E embedding,
+// h heads, H MLP hidden, K outputs, S train rows, N = B*R*C cells, T = B*(R-S) test rows.
+#pragma once
+#include "common.h"
+#include "ops_cpu.h"
+#include "../attention/axis_attention.h"
+#include "../comm/comm.h"
+
+typedef struct {
+    int E;       // embedding size
+    int heads;   // attention heads (E % heads == 0)
+    int H;       // MLP hidden size
+    int L;       // transformer layers
+    int outputs; // classes the decoder scores
+} TabPFNConfig;
+
+static inline TabPFNConfig tabpfn_config_default(void) {
+    TabPFNConfig config = {96, 4, 192, 3, 2};
+    return config;
+}
+
+// ----------------------------------------------------------------------------
+// parameters: one allocation; gradients and AdamW moments share the layout
+
+enum {
+    P_FE_W, P_FE_B, P_TE_W, P_TE_B,  // encoders
+    P_FA_IN_W, P_FA_IN_B, P_FA_OUT_W, P_FA_OUT_B, P_LN1_W, P_LN1_B,  // per layer: features
+    P_RA_IN_W, P_RA_IN_B, P_RA_OUT_W, P_RA_OUT_B, P_LN2_W, P_LN2_B,  // per layer: rows
+    P_FC1_W, P_FC1_B, P_FC2_W, P_FC2_B, P_LN3_W, P_LN3_B,            // per layer: MLP
+    P_DEC1_W, P_DEC1_B, P_DEC2_W, P_DEC2_B,                          // decoder
+    NUM_PARAMETER_TENSORS
+};
+
+typedef struct {
+    float* fe_w;     // (E, 1) feature encoder
+    float* fe_b;     // (E)
+    float* te_w;     // (E, 1) target encoder
+    float* te_b;     // (E)
+    float* fa_in_w;  // (L, 3E, E) feature attention fused q/k/v projection
+    float* fa_in_b;  // (L, 3E)
+    float* fa_out_w; // (L, E, E)
+    float* fa_out_b; // (L, E)
+    float* ln1_w;    // (L, E)
+    float* ln1_b;    // (L, E)
+    float* ra_in_w;  // (L, 3E, E) row attention
+    float* ra_in_b;  // (L, 3E)
+    float* ra_out_w; // (L, E, E)
+    float* ra_out_b; // (L, E)
+    float* ln2_w;    // (L, E)
+    float* ln2_b;    // (L, E)
+    float* fc1_w;    // (L, H, E)
+    float* fc1_b;    // (L, H)
+    float* fc2_w;    // (L, E, H)
+    float* fc2_b;    // (L, E)
+    float* ln3_w;    // (L, E)
+    float* ln3_b;    // (L, E)
+    float* dec1_w;   // (H, E) decoder
+    float* dec1_b;   // (H)
+    float* dec2_w;   // (K, H)
+    float* dec2_b;   // (K)
+} ParameterTensors;
+
+// per tensor: its PyTorch name (%d = layer), whether it is stacked per layer, and its
+// per-layer shape (rows, cols); cols 0 means a vector
+typedef struct {
+    const char* name;
+    int per_layer;
+    int rows, cols;
+} ParameterInfo;
+
+static void parameter_infos(ParameterInfo* info, TabPFNConfig c) {
+    const int E = c.E, H = c.H, K = c.outputs;
+    const char* fa = "transformer_blocks.%d.self_attention_between_features.";
+    const char* ra = "transformer_blocks.%d.self_attention_between_datapoints.";
+    static char names[NUM_PARAMETER_TENSORS][128];
+    snprintf(names[P_FA_IN_W], 128, "%sin_proj_weight", fa);
+    snprintf(names[P_FA_IN_B], 128, "%sin_proj_bias", fa);
+    snprintf(names[P_FA_OUT_W], 128, "%sout_proj.weight", fa);
+    snprintf(names[P_FA_OUT_B], 128, "%sout_proj.bias", fa);
+    snprintf(names[P_RA_IN_W], 128, "%sin_proj_weight", ra);
+    snprintf(names[P_RA_IN_B], 128, "%sin_proj_bias", ra);
+    snprintf(names[P_RA_OUT_W], 128, "%sout_proj.weight", ra);
+    snprintf(names[P_RA_OUT_B], 128, "%sout_proj.bias", ra);
+    ParameterInfo table[NUM_PARAMETER_TENSORS] = {
+        {"feature_encoder.linear_layer.weight", 0, E, 1},
+        {"feature_encoder.linear_layer.bias", 0, E, 0},
+        {"target_encoder.linear_layer.weight", 0, E, 1},
+        {"target_encoder.linear_layer.bias", 0, E, 0},
+        {names[P_FA_IN_W], 1, 3 * E, E},
+        {names[P_FA_IN_B], 1, 3 * E, 0},
+        {names[P_FA_OUT_W], 1, E, E},
+        {names[P_FA_OUT_B], 1, E, 0},
+        {"transformer_blocks.%d.norm1.weight", 1, E, 0},
+        {"transformer_blocks.%d.norm1.bias", 1, E, 0},
+        {names[P_RA_IN_W], 1, 3 * E, E},
+        {names[P_RA_IN_B], 1, 3 * E, 0},
+        {names[P_RA_OUT_W], 1, E, E},
+        {names[P_RA_OUT_B], 1, E, 0},
+        {"transformer_blocks.%d.norm2.weight", 1, E, 0},
+        {"transformer_blocks.%d.norm2.bias", 1, E, 0},
+        {"transformer_blocks.%d.linear1.weight", 1, H, E},
+        {"transformer_blocks.%d.linear1.bias", 1, H, 0},
+        {"transformer_blocks.%d.linear2.weight", 1, E, H},
+        {"transformer_blocks.%d.linear2.bias", 1, E, 0},
+        {"transformer_blocks.%d.norm3.weight", 1, E, 0},
+        {"transformer_blocks.%d.norm3.bias", 1, E, 0},
+        {"decoder.linear1.weight", 0, H, E},
+        {"decoder.linear1.bias", 0, H, 0},
+        {"decoder.linear2.weight", 0, K, H},
+        {"decoder.linear2.bias", 0, K, 0},
+    };
+    memcpy(info, table, sizeof(table));
+}
+
+// the PyTorch name of tensor i of layer l (l ignored for tensors that are not per layer)
+static void parameter_name(char* out, size_t size, const ParameterInfo* info, int layer) {
+    if (info->per_layer) snprintf(out, size, info->name, layer);
+    else snprintf(out, size, "%s", info->name);
+}
+
+// floats of one layer's slice of tensor i
+static inline size_t parameter_layer_numel(const ParameterInfo* info) {
+    return (size_t)info->rows * (info->cols ? info->cols : 1);
+}
+
+static void fill_in_parameter_sizes(size_t* sizes, TabPFNConfig c) {
+    ParameterInfo info[NUM_PARAMETER_TENSORS];
+    parameter_infos(info, c);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++)
+        sizes[i] = parameter_layer_numel(&info[i]) * (info[i].per_layer ? c.L : 1);
+}
+
+// points the named tensors into one block laid out in enum order
+static void point_parameters(ParameterTensors* p, float* memory, const size_t* sizes) {
+    float** ptrs[NUM_PARAMETER_TENSORS] = {
+        &p->fe_w, &p->fe_b, &p->te_w, &p->te_b,
+        &p->fa_in_w, &p->fa_in_b, &p->fa_out_w, &p->fa_out_b, &p->ln1_w, &p->ln1_b,
+        &p->ra_in_w, &p->ra_in_b, &p->ra_out_w, &p->ra_out_b, &p->ln2_w, &p->ln2_b,
+        &p->fc1_w, &p->fc1_b, &p->fc2_w, &p->fc2_b, &p->ln3_w, &p->ln3_b,
+        &p->dec1_w, &p->dec1_b, &p->dec2_w, &p->dec2_b,
+    };
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        *ptrs[i] = memory;
+        memory += sizes[i];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// activations: one arena sized once for the largest batch the run will see
+
+typedef struct {
+    long max_cells;  // N = B*R*C
+    long max_rows;   // B*R (also bounds the test rows T)
+    long max_inputs; // B*R*F
+    int max_B, max_F;
+} ActivationCapacity;
+
+typedef struct {
+    float* xnorm;    // (B, R, F) standardised, clipped features
+    float* ynorm;    // (B, R) target encoder input: train labels, then the train-label mean
+    float* encoded;  // (B, R, C, E) layer 0 input
+    float* fa_qkv;   // (L, N, 3E) feature attention q/k/v
+    float* fa_o;     // (L, N, E) feature attention output, heads side by side
+    float* fa_lse;   // (L, B*R, h, C)
+    float* fa_res;   // (L, N, E) x + feature attention (LayerNorm1 input)
+    float* ln1;      // (L, N, E)
+    float* ln1_mean; // (L, N)
+    float* ln1_rstd; // (L, N)
+    float* ra_qkv;   // (L, N, 3E) row attention q/k/v
+    float* ra_o;     // (L, N, E)
+    float* ra_lse;   // (L, B*C, h, R)
+    float* ra_res;   // (L, N, E) ln1 + row attention (LayerNorm2 input)
+    float* ln2;      // (L, N, E)
+    float* ln2_mean; // (L, N)
+    float* ln2_rstd; // (L, N)
+    float* fc1;      // (L, N, H) MLP pre-activation
+    float* fc1_gelu; // (L, N, H)
+    float* mlp_res;  // (L, N, E) ln2 + MLP (LayerNorm3 input)
+    float* ln3;      // (L, N, E) layer output
+    float* ln3_mean; // (L, N)
+    float* ln3_rstd; // (L, N)
+    float* dec_in;   // (T, E) target column of the test rows
+    float* dec_h;    // (T, H)
+    float* dec_gelu; // (T, H)
+    float* logits;   // (T, K)
+    float* probs;    // (T, K)
+    float* loss_sum; // (1)
+} ActivationTensors;
+
+// gradients of activations, reused layer after layer
+typedef struct {
+    float* dx;       // (N, E) gradient of the residual stream at the current layer boundary
+    float* dres;     // (N, E) gradient of a LayerNorm input
+    float* dtmp;     // (N, E) gradient of a sub-block's input
+    float* dattn;    // (N, E) gradient of an attention output
+    float* dqkv;     // (N, 3E)
+    float* dh;       // (N, H)
+    float* dh_gelu;  // (N, H)
+    float* ddec_in;  // (T, E)
+    float* ddec_h;   // (T, H)
+    float* ddec_gelu;// (T, H)
+    float* dlogits;  // (T, K)
+} GradActTensors;
+
+typedef struct {
+    TabPFNConfig config;
+    Comm* seq_comm; // ranks that share the rows of the same datasets (size 1 here)
+
+    size_t param_sizes[NUM_PARAMETER_TENSORS];
+    size_t num_parameters;
+    ParameterTensors params;
+    float* params_memory;
+    ParameterTensors grads;
+    float* grads_memory;
+    float* m_memory; // AdamW first moment
+    float* v_memory; // AdamW second moment
+
+    ActivationCapacity cap;
+    ActivationTensors acts;
+    float* acts_memory;
+    GradActTensors dacts;
+    float* dacts_memory;
+
+    // the current batch, on the device
+    float* x;        // (B, R, F)
+    float* y;        // (B, R)
+    double* stats;   // (B, F, 3) feature stats then (B, 2) label stats
+    int B, R, F, S;
+    double num_test_rows; // over the whole sequence group: the loss's denominator
+    float mean_loss;      // of the last forward
+} TabPFN;
+
+// ----------------------------------------------------------------------------
+// construction
+
+static void tabpfn_validate_config(TabPFNConfig c) {
+    if (c.E <= 0 || c.heads <= 0 || c.H <= 0 || c.L <= 0) mosaic_fail("model sizes must be positive (embed %d, heads %d, hidden %d, layers %d)", c.E, c.heads, c.H, c.L);
+    if (c.E % c.heads != 0) mosaic_fail("--embed %d is not divisible by --heads %d", c.E, c.heads);
+    if (c.E / c.heads > FA_MAX_HEAD_DIM) mosaic_fail("head size %d exceeds %d: use more --heads", c.E / c.heads, (int)FA_MAX_HEAD_DIM);
+    if (c.outputs < 2) mosaic_fail("--outputs %d: a classifier needs at least 2 outputs", c.outputs);
+}
+
+// PyTorch's default initialisation, drawn on the host from one seed
+static void tabpfn_init_parameters(TabPFN* model, uint64_t seed) {
+    TabPFNConfig c = model->config;
+    float* host = (float*)mallocCheck(model->num_parameters * sizeof(float));
+    ParameterTensors p;
+    point_parameters(&p, host, model->param_sizes);
+    Rng rng;
+    rng_seed(&rng, seed);
+    ParameterInfo info[NUM_PARAMETER_TENSORS];
+    parameter_infos(info, c);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        float* t = host;
+        for (int j = 0; j < i; j++) t += model->param_sizes[j];
+        double bound;
+        switch (i) {
+            case P_FA_IN_W: case P_RA_IN_W: bound = sqrt(6.0 / (c.E + 3 * c.E)); break; // xavier_uniform
+            case P_FA_IN_B: case P_RA_IN_B: case P_FA_OUT_B: case P_RA_OUT_B: bound = 0.0; break;
+            case P_LN1_B: case P_LN2_B: case P_LN3_B: bound = 0.0; break;
+            case P_FE_W: case P_FE_B: case P_TE_W: case P_TE_B: bound = 1.0; break; // fan_in 1
+            case P_FC2_W: case P_FC2_B: case P_DEC2_W: case P_DEC2_B: bound = 1.0 / sqrt((double)c.H); break;
+            default: bound = 1.0 / sqrt((double)c.E); break; // E -> * linears
+        }
+        for (size_t j = 0; j < model->param_sizes[i]; j++) t[j] = (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+        if (i == P_LN1_W || i == P_LN2_W || i == P_LN3_W)
+            for (size_t j = 0; j < model->param_sizes[i]; j++) t[j] = 1.0f;
+    }
+    device_copy_to_device(model->params_memory, host, model->num_parameters * sizeof(float));
+    free(host);
+}
+
+// Allocates everything the run will need, once. train = 0 skips gradients and optimizer.
+static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity cap, int train, Comm* seq_comm) {
+    memset(model, 0, sizeof(*model));
+    tabpfn_validate_config(config);
+    model->config = config;
+    model->seq_comm = seq_comm;
+    model->cap = cap;
+    const TabPFNConfig c = config;
+    const long N = cap.max_cells, BR = cap.max_rows;
+    const int E = c.E, H = c.H, L = c.L, K = c.outputs, h = c.heads;
+
+    fill_in_parameter_sizes(model->param_sizes, c);
+    model->num_parameters = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) model->num_parameters += model->param_sizes[i];
+    model->params_memory = (float*)device_malloc(model->num_parameters * sizeof(float));
+    point_parameters(&model->params, model->params_memory, model->param_sizes);
+
+    // activation arena: (pointer, floats) in struct order
+    ActivationTensors* a = &model->acts;
+    struct { float** ptr; long floats; } acts_layout[] = {
+        {&a->xnorm, cap.max_inputs}, {&a->ynorm, BR}, {&a->encoded, N * E},
+        {&a->fa_qkv, L * N * 3 * E}, {&a->fa_o, L * N * E}, {&a->fa_lse, L * N * h}, {&a->fa_res, L * N * E},
+        {&a->ln1, L * N * E}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
+        {&a->ra_qkv, L * N * 3 * E}, {&a->ra_o, L * N * E}, {&a->ra_lse, L * N * h}, {&a->ra_res, L * N * E},
+        {&a->ln2, L * N * E}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N},
+        {&a->fc1, L * N * H}, {&a->fc1_gelu, L * N * H}, {&a->mlp_res, L * N * E},
+        {&a->ln3, L * N * E}, {&a->ln3_mean, L * N}, {&a->ln3_rstd, L * N},
+        {&a->dec_in, BR * E}, {&a->dec_h, BR * H}, {&a->dec_gelu, BR * H},
+        {&a->logits, BR * K}, {&a->probs, BR * K}, {&a->loss_sum, 1},
+    };
+    long total = 0;
+    for (size_t i = 0; i < sizeof(acts_layout) / sizeof(acts_layout[0]); i++) total += acts_layout[i].floats;
+    model->acts_memory = (float*)device_malloc((size_t)total * sizeof(float));
+    float* cursor = model->acts_memory;
+    for (size_t i = 0; i < sizeof(acts_layout) / sizeof(acts_layout[0]); i++) {
+        *acts_layout[i].ptr = cursor;
+        cursor += acts_layout[i].floats;
+    }
+
+    model->x = (float*)device_malloc((size_t)cap.max_inputs * sizeof(float));
+    model->y = (float*)device_malloc((size_t)BR * sizeof(float));
+    model->stats = (double*)device_malloc((size_t)cap.max_B * (cap.max_F * 3 + 2) * sizeof(double));
+
+    if (train) {
+        model->grads_memory = (float*)device_malloc(model->num_parameters * sizeof(float));
+        model->m_memory = (float*)device_malloc(model->num_parameters * sizeof(float));
+        model->v_memory = (float*)device_malloc(model->num_parameters * sizeof(float));
+        device_memset_zero(model->grads_memory, model->num_parameters * sizeof(float));
+        device_memset_zero(model->m_memory, model->num_parameters * sizeof(float));
+        device_memset_zero(model->v_memory, model->num_parameters * sizeof(float));
+        point_parameters(&model->grads, model->grads_memory, model->param_sizes);
+
+        GradActTensors* g = &model->dacts;
+        struct { float** ptr; long floats; } dacts_layout[] = {
+            {&g->dx, N * E}, {&g->dres, N * E}, {&g->dtmp, N * E}, {&g->dattn, N * E}, {&g->dqkv, N * 3 * E},
+            {&g->dh, N * H}, {&g->dh_gelu, N * H}, {&g->ddec_in, BR * E}, {&g->ddec_h, BR * H},
+            {&g->ddec_gelu, BR * H}, {&g->dlogits, BR * K},
+        };
+        long dtotal = 0;
+        for (size_t i = 0; i < sizeof(dacts_layout) / sizeof(dacts_layout[0]); i++) dtotal += dacts_layout[i].floats;
+        model->dacts_memory = (float*)device_malloc((size_t)dtotal * sizeof(float));
+        cursor = model->dacts_memory;
+        for (size_t i = 0; i < sizeof(dacts_layout) / sizeof(dacts_layout[0]); i++) {
+            *dacts_layout[i].ptr = cursor;
+            cursor += dacts_layout[i].floats;
+        }
+    }
+}
+
+static void tabpfn_free(TabPFN* model) {
+    device_free(model->params_memory);
+    device_free(model->grads_memory);
+    device_free(model->m_memory);
+    device_free(model->v_memory);
+    device_free(model->acts_memory);
+    device_free(model->dacts_memory);
+    device_free(model->x);
+    device_free(model->y);
+    device_free(model->stats);
+}
+
+// copies a host batch (x (B, R, F), y (B, R)) to the device
+static void tabpfn_upload_batch(TabPFN* model, const float* x, const float* y, int B, int R, int F, int S) {
+    const ActivationCapacity cap = model->cap;
+    const long C = F + 1;
+    if (B > cap.max_B || F > cap.max_F || (long)B * R * C > cap.max_cells || (long)B * R > cap.max_rows)
+        mosaic_fail("a batch of %d x %d rows x %d features exceeds the buffers sized at start-up", B, R, F);
+    if (S < 1 || S >= R) mosaic_fail("a batch needs 1 <= train rows < rows, got %d of %d", S, R);
+    device_copy_to_device(model->x, x, (size_t)B * R * F * sizeof(float));
+    device_copy_to_device(model->y, y, (size_t)B * R * sizeof(float));
+    model->B = B;
+    model->R = R;
+    model->F = F;
+    model->S = S;
+}
+
+// ----------------------------------------------------------------------------
+// forward: encoders, L layers, decoder, loss. Fills model->mean_loss.
+
+static void tabpfn_forward(TabPFN* model) {
+    const TabPFNConfig c = model->config;
+    const int B = model->B, R = model->R, F = model->F, S = model->S, C = F + 1;
+    const int E = c.E, H = c.H, h = c.heads, K = c.outputs;
+    const long N = (long)B * R * C, T = (long)B * (R - S);
+    const ParameterTensors p = model->params;
+    const ActivationTensors a = model->acts;
+
+    // encoders: train statistics are summed over the sequence group before use
+    double* feature_stats = model->stats;                 // (B, F, 3)
+    double* label_stats = model->stats + (long)B * F * 3; // (B, 2)
+    feature_stats_local(feature_stats, model->x, B, R, F, S);
+    label_stats_local(label_stats, model->y, B, R, S);
+    comm_allreduce_sum_double(model->seq_comm, model->stats, (size_t)B * (F * 3 + 2));
+    feature_normalize(a.xnorm, model->x, feature_stats, B, R, F);
+    target_fill(a.ynorm, model->y, label_stats, B, R, S);
+    scalar_embed_forward(a.encoded, a.xnorm, p.fe_w, p.fe_b, (long)B * R, F, 0, C, E);
+    scalar_embed_forward(a.encoded, a.ynorm, p.te_w, p.te_b, (long)B * R, 1, F, C, E);
+
+    const float* x = a.encoded; // (N, E) layer input
+    for (int l = 0; l < c.L; l++) {
+        const long lN = l * N;
+        float* fa_qkv = a.fa_qkv + lN * 3 * E;
+        float* fa_o = a.fa_o + lN * E;
+        float* fa_lse = a.fa_lse + lN * h;
+        float* fa_res = a.fa_res + lN * E;
+        float* ln1 = a.ln1 + lN * E;
+        float* ra_qkv = a.ra_qkv + lN * 3 * E;
+        float* ra_o = a.ra_o + lN * E;
+        float* ra_lse = a.ra_lse + lN * h;
+        float* ra_res = a.ra_res + lN * E;
+        float* ln2 = a.ln2 + lN * E;
+        float* fc1 = a.fc1 + lN * H;
+        float* fc1_gelu = a.fc1_gelu + lN * H;
+        float* mlp_res = a.mlp_res + lN * E;
+        float* ln3 = a.ln3 + lN * E;
+
+        // attention between features: each row's C cells attend to each other
+        matmul_forward(fa_qkv, x, p.fa_in_w + (long)l * 3 * E * E, p.fa_in_b + l * 3 * E, N, E, 3 * E);
+        feature_attention_forward(fa_o, fa_lse, fa_qkv, B, R, C, E, h);
+        matmul_forward(fa_res, fa_o, p.fa_out_w + (long)l * E * E, p.fa_out_b + l * E, N, E, E);
+        add_inplace(fa_res, x, N * E);
+        layernorm_forward(ln1, a.ln1_mean + lN, a.ln1_rstd + lN, fa_res, p.ln1_w + l * E, p.ln1_b + l * E, N, E);
+
+        // attention between rows: every row queries the train rows
+        matmul_forward(ra_qkv, ln1, p.ra_in_w + (long)l * 3 * E * E, p.ra_in_b + l * 3 * E, N, E, 3 * E);
+        row_attention_local_forward(ra_o, ra_lse, ra_qkv, B, R, C, S, E, h);
+        matmul_forward(ra_res, ra_o, p.ra_out_w + (long)l * E * E, p.ra_out_b + l * E, N, E, E);
+        add_inplace(ra_res, ln1, N * E);
+        layernorm_forward(ln2, a.ln2_mean + lN, a.ln2_rstd + lN, ra_res, p.ln2_w + l * E, p.ln2_b + l * E, N, E);
+
+        // MLP
+        matmul_forward(fc1, ln2, p.fc1_w + (long)l * H * E, p.fc1_b + l * H, N, E, H);
+        gelu_forward(fc1_gelu, fc1, N * H);
+        matmul_forward(mlp_res, fc1_gelu, p.fc2_w + (long)l * E * H, p.fc2_b + l * E, N, H, E);
+        add_inplace(mlp_res, ln2, N * E);
+        layernorm_forward(ln3, a.ln3_mean + lN, a.ln3_rstd + lN, mlp_res, p.ln3_w + l * E, p.ln3_b + l * E, N, E);
+        x = ln3;
+    }
+
+    // decoder on the target column of the test rows, then the loss
+    gather_target_test_rows(a.dec_in, x, B, R, C, S, E);
+    matmul_forward(a.dec_h, a.dec_in, p.dec1_w, p.dec1_b, T, E, H);
+    gelu_forward(a.dec_gelu, a.dec_h, T * H);
+    matmul_forward(a.logits, a.dec_gelu, p.dec2_w, p.dec2_b, T, H, K);
+    crossentropy_forward(a.loss_sum, a.probs, a.logits, model->y, B, R, S, K);
+
+    // the loss is a mean over the test rows of the whole sequence group
+    double loss_and_count[2];
+    float loss_sum;
+    device_copy_to_host(&loss_sum, a.loss_sum, sizeof(float));
+    loss_and_count[0] = loss_sum;
+    loss_and_count[1] = (double)T;
+    comm_allreduce_sum_double(model->seq_comm, loss_and_count, 2);
+    model->num_test_rows = loss_and_count[1];
+    model->mean_loss = (float)(loss_and_count[0] / loss_and_count[1]);
+}
+
+// ----------------------------------------------------------------------------
+// backward: the forward in reverse. Parameter gradients accumulate into model->grads,
+// which tabpfn_zero_grad clears.
+
+static void tabpfn_zero_grad(TabPFN* model) {
+    device_memset_zero(model->grads_memory, model->num_parameters * sizeof(float));
+}
+
+static void tabpfn_backward(TabPFN* model) {
+    MOSAIC_CHECK(model->grads_memory != NULL, "model built without training buffers (train = 0)");
+    const TabPFNConfig c = model->config;
+    const int B = model->B, R = model->R, F = model->F, S = model->S, C = F + 1;
+    const int E = c.E, H = c.H, h = c.heads, K = c.outputs;
+    const long N = (long)B * R * C, T = (long)B * (R - S);
+    const ParameterTensors p = model->params;
+    const ParameterTensors g = model->grads;
+    const ActivationTensors a = model->acts;
+    const GradActTensors d = model->dacts;
+
+    // loss and decoder
+    crossentropy_backward(d.dlogits, a.probs, model->y, (float)(1.0 / model->num_test_rows), B, R, S, K);
+    matmul_backward(d.ddec_gelu, g.dec2_w, g.dec2_b, d.dlogits, a.dec_gelu, p.dec2_w, T, H, K);
+    gelu_backward(d.ddec_h, a.dec_h, d.ddec_gelu, T * H);
+    matmul_backward(d.ddec_in, g.dec1_w, g.dec1_b, d.ddec_h, a.dec_in, p.dec1_w, T, E, H);
+    scatter_target_test_rows(d.dx, d.ddec_in, B, R, C, S, E);
+
+    for (int l = c.L - 1; l >= 0; l--) {
+        const long lN = l * N;
+        const float* x = l == 0 ? a.encoded : a.ln3 + (lN - N) * E; // this layer's input
+        const float* ln1 = a.ln1 + lN * E;
+        const float* ln2 = a.ln2 + lN * E;
+
+        // LayerNorm3 and MLP: d(ln2) = dres + MLP'(dres)
+        layernorm_backward(d.dres, g.ln3_w + l * E, g.ln3_b + l * E, d.dx, a.mlp_res + lN * E, p.ln3_w + l * E,
+                           a.ln3_mean + lN, a.ln3_rstd + lN, N, E);
+        matmul_backward(d.dh_gelu, g.fc2_w + (long)l * E * H, g.fc2_b + l * E, d.dres, a.fc1_gelu + lN * H,
+                        p.fc2_w + (long)l * E * H, N, H, E);
+        gelu_backward(d.dh, a.fc1 + lN * H, d.dh_gelu, N * H);
+        matmul_backward(d.dtmp, g.fc1_w + (long)l * H * E, g.fc1_b + l * H, d.dh, ln2, p.fc1_w + (long)l * H * E, N, E, H);
+        residual_forward(d.dx, d.dres, d.dtmp, N * E);
+
+        // LayerNorm2 and row attention: d(ln1) = dres + attention'(dres)
+        layernorm_backward(d.dres, g.ln2_w + l * E, g.ln2_b + l * E, d.dx, a.ra_res + lN * E, p.ln2_w + l * E,
+                           a.ln2_mean + lN, a.ln2_rstd + lN, N, E);
+        matmul_backward(d.dattn, g.ra_out_w + (long)l * E * E, g.ra_out_b + l * E, d.dres, a.ra_o + lN * E,
+                        p.ra_out_w + (long)l * E * E, N, E, E);
+        row_attention_local_backward(d.dqkv, d.dattn, a.ra_o + lN * E, a.ra_lse + lN * h, a.ra_qkv + lN * 3 * E, B, R,
+                                     C, S, E, h);
+        matmul_backward(d.dtmp, g.ra_in_w + (long)l * 3 * E * E, g.ra_in_b + l * 3 * E, d.dqkv, ln1,
+                        p.ra_in_w + (long)l * 3 * E * E, N, E, 3 * E);
+        residual_forward(d.dx, d.dres, d.dtmp, N * E);
+
+        // LayerNorm1 and feature attention: d(x) = dres + attention'(dres)
+        layernorm_backward(d.dres, g.ln1_w + l * E, g.ln1_b + l * E, d.dx, a.fa_res + lN * E, p.ln1_w + l * E,
+                           a.ln1_mean + lN, a.ln1_rstd + lN, N, E);
+        matmul_backward(d.dattn, g.fa_out_w + (long)l * E * E, g.fa_out_b + l * E, d.dres, a.fa_o + lN * E,
+                        p.fa_out_w + (long)l * E * E, N, E, E);
+        feature_attention_backward(d.dqkv, d.dattn, a.fa_o + lN * E, a.fa_lse + lN * h, a.fa_qkv + lN * 3 * E, B, R,
+                                   C, E, h);
+        matmul_backward(d.dtmp, g.fa_in_w + (long)l * 3 * E * E, g.fa_in_b + l * 3 * E, d.dqkv, x,
+                        p.fa_in_w + (long)l * 3 * E * E, N, E, 3 * E);
+        residual_forward(d.dx, d.dres, d.dtmp, N * E);
+    }
+
+    // encoders: the inputs are data, so only the Linear(1 -> E) weights get gradients
+    scalar_embed_backward(g.fe_w, g.fe_b, d.dx, a.xnorm, (long)B * R, F, 0, C, E);
+    scalar_embed_backward(g.te_w, g.te_b, d.dx, a.ynorm, (long)B * R, 1, F, C, E);
+}
+
+// ----------------------------------------------------------------------------
+// optimizer
+
+typedef struct {
+    float lr_max;       // peak learning rate
+    int warmup_steps;   // linear warmup
+    int total_steps;    // cosine decay to 0 at the end
+    float weight_decay; // decoupled (AdamW)
+    float beta1, beta2, eps;
+    float clip_norm;    // global gradient norm cap; <= 0 disables clipping
+} OptimizerConfig;
+
+// step counts from 0; linear warmup to lr_max, then half a cosine down to 0
+static inline float learning_rate_at(const OptimizerConfig* o, int step) {
+    if (step < o->warmup_steps) return o->lr_max * (float)(step + 1) / (float)o->warmup_steps;
+    int decay_steps = o->total_steps - o->warmup_steps;
+    if (decay_steps < 1) decay_steps = 1;
+    double progress = (double)(step - o->warmup_steps) / decay_steps;
+    return (float)(o->lr_max * 0.5 * (1.0 + cos(M_PI * progress)));
+}
+
+// clip by global norm (as torch.nn.utils.clip_grad_norm_), then AdamW. Returns the norm
+// before clipping. step counts from 0.
+static float tabpfn_update(TabPFN* model, const OptimizerConfig* o, int step) {
+    double sumsq;
+    sum_of_squares(&sumsq, model->grads_memory, model->num_parameters);
+    float norm = (float)sqrt(sumsq);
+    float scale = 1.0f;
+    if (o->clip_norm > 0.0f) {
+        float coef = o->clip_norm / (norm + 1e-6f);
+        scale = coef < 1.0f ? coef : 1.0f;
+    }
+    adamw_update(model->params_memory, model->m_memory, model->v_memory, model->grads_memory, model->num_parameters,
+                 learning_rate_at(o, step), o->beta1, o->beta2, o->eps, o->weight_decay, scale, step + 1);
+    return norm;
+}

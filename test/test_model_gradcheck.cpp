@@ -1,0 +1,70 @@
+// The whole model's backward against central finite differences of its forward, on a tiny
+// configuration, in float (the precision the trainer runs in). Every parameter is
+// perturbed by h = 2e-3; the float loss limits the numeric gradient to about 1e-4, so the
+// tolerance is |analytic - numeric| <= 3e-4 + 2e-2 * |numeric|. The op-level checks in
+// double (test_ops_gradcheck, test_flash_attention) hold each piece to 1e-6.
+#include "test_util.h"
+#include "../model/tabpfn.h"
+
+int main(void) {
+    TabPFNConfig config = {8, 2, 12, 2, 3};
+    const int B = 2, R = 9, F = 3, S = 5;
+    ActivationCapacity cap = {(long)B * R * (F + 1), (long)B * R, (long)B * R * F, B, F};
+    Comm comm;
+    comm_init_single(&comm);
+    TabPFN model;
+    tabpfn_build(&model, config, cap, 1, &comm);
+    tabpfn_init_parameters(&model, 3);
+    // random LayerNorm affine parameters, so their gradients are not a special case
+    Rng rng;
+    rng_seed(&rng, 11);
+    for (size_t i = 0; i < model.num_parameters; i++) model.params_memory[i] += (float)(0.05 * rng_normal(&rng));
+
+    float x[B * R * F], y[B * R];
+    for (int i = 0; i < B * R * F; i++) x[i] = (float)(2.0 * rng_normal(&rng));
+    for (int i = 0; i < B * R; i++) y[i] = (float)rng_int(&rng, 0, config.outputs - 1);
+    tabpfn_upload_batch(&model, x, y, B, R, F, S);
+
+    tabpfn_zero_grad(&model);
+    tabpfn_forward(&model);
+    tabpfn_backward(&model);
+    const size_t P = model.num_parameters;
+    float* analytic = (float*)mallocCheck(P * sizeof(float));
+    memcpy(analytic, model.grads_memory, P * sizeof(float));
+
+    // the same inputs give the same bits
+    tabpfn_zero_grad(&model);
+    tabpfn_forward(&model);
+    tabpfn_backward(&model);
+    check_true("forward + backward twice: identical gradient bits", memcmp(analytic, model.grads_memory, P * sizeof(float)) == 0);
+
+    float* numeric = (float*)mallocCheck(P * sizeof(float));
+    const float h = 2e-3f;
+    for (size_t i = 0; i < P; i++) {
+        float saved = model.params_memory[i];
+        model.params_memory[i] = saved + h;
+        tabpfn_forward(&model);
+        double lp = model.mean_loss;
+        model.params_memory[i] = saved - h;
+        tabpfn_forward(&model);
+        double lm = model.mean_loss;
+        model.params_memory[i] = saved;
+        numeric[i] = (float)((lp - lm) / (2.0 * h));
+    }
+    // report per parameter tensor, so a failure names the op
+    ParameterInfo info[NUM_PARAMETER_TENSORS];
+    parameter_infos(info, config);
+    size_t offset = 0;
+    for (int t = 0; t < NUM_PARAMETER_TENSORS; t++) {
+        char what[160];
+        char name[128];
+        parameter_name(name, sizeof(name), &info[t], 0);
+        snprintf(what, sizeof(what), "model grad %s%s", name, info[t].per_layer ? " (+ all layers)" : "");
+        allclose_report(what, analytic + offset, numeric + offset, (long)model.param_sizes[t], 3e-4, 2e-2);
+        offset += model.param_sizes[t];
+    }
+    free(analytic);
+    free(numeric);
+    tabpfn_free(&model);
+    return tests_finish();
+}

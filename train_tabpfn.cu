@@ -1,0 +1,490 @@
+// Mosaic trainer: a nanoTabPFN-style tabular transformer, trained on a built-in synthetic
+// prior (or prior dumps), evaluated on a real table (ROC-AUC, accuracy), checkpointed.
+//
+// One training step, top to bottom (see main):
+//   1. draw a batch of B tables (prior or dump) into host memory
+//   2. copy it to the device (tabpfn_upload_batch)
+//   3. forward: encoders -> L x (feature attention, row attention, MLP) -> decoder -> loss
+//   4. backward: the same in reverse, parameter gradients accumulate
+//   5. update: clip by global norm, AdamW with warmup + cosine learning rate
+// Build: make train_tabpfn (CPU: g++ with OpenMP + OpenBLAS). Run ./train_tabpfn --help.
+#include <signal.h>
+#include <omp.h>
+#include "model/common.h"
+#include "model/tabpfn.h"
+#include "model/tensor_file.h"
+#include "comm/comm.h"
+#include "dataloader/table_batch.h"
+#include "dataloader/prior.h"
+#include "dataloader/prior_dump.h"
+#include "dataloader/csv_table.h"
+
+// ----------------------------------------------------------------------------
+// flags
+
+typedef struct {
+    // data
+    const char* prior_dump; // NULL: the built-in prior
+    PriorConfig prior;
+    // model
+    TabPFNConfig model;
+    // optimisation
+    int batch;
+    int steps;
+    OptimizerConfig opt;
+    uint64_t seed;
+    // evaluation
+    const char* eval_csv; // NULL: no evaluation
+    int eval_every;       // 0: only at the end
+    uint64_t eval_seed;
+    // files
+    const char* log_path;
+    const char* checkpoint_path;
+    int checkpoint_every;
+    const char* resume_path;
+    const char* export_path;
+    int threads;
+    int quiet; // print every step (0) or only every 50th
+} TrainArgs;
+
+static void train_args_default(TrainArgs* a) {
+    memset(a, 0, sizeof(*a));
+    a->prior = prior_config_default();
+    a->model = tabpfn_config_default();
+    a->batch = 32;
+    a->steps = 2500;
+    a->opt.lr_max = 4e-3f;
+    a->opt.warmup_steps = 100;
+    a->opt.weight_decay = 0.0f;
+    a->opt.beta1 = 0.9f;
+    a->opt.beta2 = 0.999f;
+    a->opt.eps = 1e-8f;
+    a->opt.clip_norm = 1.0f;
+    a->seed = 0;
+    a->eval_csv = "data/breast_cancer.csv";
+    a->eval_every = 500;
+    a->eval_seed = 0;
+    a->checkpoint_every = 500;
+}
+
+static void print_usage(const TrainArgs* d) {
+    printf("usage: train_tabpfn [flags]\n"
+           "Trains a nanoTabPFN-style transformer on a synthetic prior, then evaluates it.\n\n"
+           "data:\n"
+           "  --prior-dump PATH        train on a prior dump file instead of the built-in prior\n"
+           "  --min-rows N             built-in prior: fewest rows per table (%d)\n"
+           "  --max-rows N             built-in prior: most rows per table (%d)\n"
+           "  --min-features N         built-in prior: fewest features (%d)\n"
+           "  --max-features N         built-in prior: most features (%d)\n"
+           "  --classes N              built-in prior: classes per table (%d)\n"
+           "  --min-train-fraction X   built-in prior: smallest share of train rows (%g)\n"
+           "  --max-train-fraction X   built-in prior: largest share of train rows (%g)\n"
+           "model:\n"
+           "  --embed N                embedding size E (%d)\n"
+           "  --heads N                attention heads (%d)\n"
+           "  --hidden N               MLP hidden size (%d)\n"
+           "  --layers N               transformer layers (%d)\n"
+           "  --outputs N              classes the decoder scores (%d)\n"
+           "training:\n"
+           "  --batch N                tables per step (%d)\n"
+           "  --steps N                optimizer steps (%d)\n"
+           "  --lr X                   peak learning rate (%g)\n"
+           "  --warmup-steps N         linear warmup, then cosine decay to 0 (%d)\n"
+           "  --weight-decay X         AdamW decoupled weight decay (%g)\n"
+           "  --clip X                 clip gradients to this global norm, 0 = off (%g)\n"
+           "  --seed N                 seed for parameters and the prior (%llu)\n"
+           "  --threads N              OpenMP/BLAS threads (all cores)\n"
+           "evaluation:\n"
+           "  --eval-csv PATH|none     table to evaluate on, label last (%s)\n"
+           "  --eval-every N           evaluate every N steps, 0 = only at the end (%d)\n"
+           "  --eval-seed N            seed of the stratified 50/50 split (%llu)\n"
+           "files:\n"
+           "  --log PATH               append per-step and eval lines to this file\n"
+           "  --checkpoint PATH        save parameters + optimizer state here (atomically)\n"
+           "  --checkpoint-every N     ... every N steps, at the end and on Ctrl-C (%d)\n"
+           "  --resume PATH            continue from a checkpoint\n"
+           "  --export PATH            write the trained parameters by PyTorch name (tensor file)\n"
+           "  --quiet                  print every 50th step instead of every step\n"
+           "  --help                   this text\n",
+           d->prior.min_rows, d->prior.max_rows, d->prior.min_features, d->prior.max_features, d->prior.num_classes,
+           d->prior.min_train_fraction, d->prior.max_train_fraction, d->model.E, d->model.heads, d->model.H,
+           d->model.L, d->model.outputs, d->batch, d->steps, d->opt.lr_max, d->opt.warmup_steps,
+           d->opt.weight_decay, d->opt.clip_norm, (unsigned long long)d->seed, d->eval_csv, d->eval_every,
+           (unsigned long long)d->eval_seed, d->checkpoint_every);
+}
+
+static long parse_long_flag(const char* flag, const char* value, long lo, long hi) {
+    char* end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || *end != '\0' || end == value) mosaic_fail("%s expects an integer, got '%s'", flag, value);
+    if (v < lo || v > hi) mosaic_fail("%s %ld is out of range [%ld, %ld]", flag, v, lo, hi);
+    return v;
+}
+
+static float parse_float_flag(const char* flag, const char* value, double lo, double hi) {
+    char* end;
+    errno = 0;
+    double v = strtod(value, &end);
+    if (errno || *end != '\0' || end == value || !isfinite(v)) mosaic_fail("%s expects a number, got '%s'", flag, value);
+    if (v < lo || v > hi) mosaic_fail("%s %g is out of range [%g, %g]", flag, v, lo, hi);
+    return (float)v;
+}
+
+static void parse_args(TrainArgs* a, int argc, char** argv) {
+    TrainArgs defaults;
+    train_args_default(&defaults);
+    for (int i = 1; i < argc; i++) {
+        const char* f = argv[i];
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) { print_usage(&defaults); exit(0); }
+        if (!strcmp(f, "--quiet")) { a->quiet = 1; continue; }
+        if (strncmp(f, "--", 2) != 0) mosaic_fail("unexpected argument '%s' (see --help)", f);
+        if (i + 1 >= argc) mosaic_fail("%s needs a value (see --help)", f);
+        const char* v = argv[++i];
+        const long BIG = 1L << 30;
+        if (!strcmp(f, "--prior-dump")) a->prior_dump = v;
+        else if (!strcmp(f, "--min-rows")) a->prior.min_rows = (int)parse_long_flag(f, v, 3, BIG);
+        else if (!strcmp(f, "--max-rows")) a->prior.max_rows = (int)parse_long_flag(f, v, 3, BIG);
+        else if (!strcmp(f, "--min-features")) a->prior.min_features = (int)parse_long_flag(f, v, 1, 100000);
+        else if (!strcmp(f, "--max-features")) a->prior.max_features = (int)parse_long_flag(f, v, 1, 100000);
+        else if (!strcmp(f, "--classes")) a->prior.num_classes = (int)parse_long_flag(f, v, 2, 1000);
+        else if (!strcmp(f, "--min-train-fraction")) a->prior.min_train_fraction = parse_float_flag(f, v, 0.0, 1.0);
+        else if (!strcmp(f, "--max-train-fraction")) a->prior.max_train_fraction = parse_float_flag(f, v, 0.0, 1.0);
+        else if (!strcmp(f, "--embed")) a->model.E = (int)parse_long_flag(f, v, 1, 65536);
+        else if (!strcmp(f, "--heads")) a->model.heads = (int)parse_long_flag(f, v, 1, 4096);
+        else if (!strcmp(f, "--hidden")) a->model.H = (int)parse_long_flag(f, v, 1, 1 << 20);
+        else if (!strcmp(f, "--layers")) a->model.L = (int)parse_long_flag(f, v, 1, 1000);
+        else if (!strcmp(f, "--outputs")) a->model.outputs = (int)parse_long_flag(f, v, 2, 1000);
+        else if (!strcmp(f, "--batch")) a->batch = (int)parse_long_flag(f, v, 1, 1 << 20);
+        else if (!strcmp(f, "--steps")) a->steps = (int)parse_long_flag(f, v, 0, BIG);
+        else if (!strcmp(f, "--lr")) a->opt.lr_max = parse_float_flag(f, v, 0.0, 10.0);
+        else if (!strcmp(f, "--warmup-steps")) a->opt.warmup_steps = (int)parse_long_flag(f, v, 0, BIG);
+        else if (!strcmp(f, "--weight-decay")) a->opt.weight_decay = parse_float_flag(f, v, 0.0, 10.0);
+        else if (!strcmp(f, "--clip")) a->opt.clip_norm = parse_float_flag(f, v, 0.0, 1e9);
+        else if (!strcmp(f, "--seed")) a->seed = (uint64_t)parse_long_flag(f, v, 0, BIG * 2 - 1);
+        else if (!strcmp(f, "--threads")) a->threads = (int)parse_long_flag(f, v, 1, 4096);
+        else if (!strcmp(f, "--eval-csv")) a->eval_csv = strcmp(v, "none") ? v : NULL;
+        else if (!strcmp(f, "--eval-every")) a->eval_every = (int)parse_long_flag(f, v, 0, BIG);
+        else if (!strcmp(f, "--eval-seed")) a->eval_seed = (uint64_t)parse_long_flag(f, v, 0, BIG * 2 - 1);
+        else if (!strcmp(f, "--log")) a->log_path = v;
+        else if (!strcmp(f, "--checkpoint")) a->checkpoint_path = v;
+        else if (!strcmp(f, "--checkpoint-every")) a->checkpoint_every = (int)parse_long_flag(f, v, 0, BIG);
+        else if (!strcmp(f, "--resume")) a->resume_path = v;
+        else if (!strcmp(f, "--export")) a->export_path = v;
+        else mosaic_fail("unknown flag '%s' (see --help)", f);
+    }
+    PriorConfig* p = &a->prior;
+    if (p->min_rows > p->max_rows) mosaic_fail("--min-rows %d is above --max-rows %d", p->min_rows, p->max_rows);
+    if (p->min_features > p->max_features) mosaic_fail("--min-features %d is above --max-features %d", p->min_features, p->max_features);
+    if (p->min_train_fraction > p->max_train_fraction) mosaic_fail("--min-train-fraction is above --max-train-fraction");
+    if (!a->prior_dump && p->num_classes > a->model.outputs)
+        mosaic_fail("--classes %d exceeds --outputs %d: the decoder could not score every class", p->num_classes, a->model.outputs);
+    if (a->opt.warmup_steps > a->steps && a->steps > 0) a->opt.warmup_steps = a->steps;
+    a->opt.total_steps = a->steps;
+    tabpfn_validate_config(a->model);
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints: 256 x int32 header, then parameters, AdamW m, AdamW v (float32)
+
+enum { CHECKPOINT_MAGIC = 0x4D53434B, CHECKPOINT_VERSION = 1 };
+
+static void checkpoint_save(const char* path, TabPFN* model, int next_step, uint64_t seed) {
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE* f = fopenCheck(tmp, "wb");
+    int header[256] = {0};
+    TabPFNConfig c = model->config;
+    header[0] = CHECKPOINT_MAGIC;
+    header[1] = CHECKPOINT_VERSION;
+    header[2] = c.E; header[3] = c.heads; header[4] = c.H; header[5] = c.L; header[6] = c.outputs;
+    header[7] = next_step;
+    header[8] = (int)model->num_parameters;
+    header[9] = (int)(seed & 0x7fffffff);
+    fwrite_check(header, sizeof(int), 256, f, tmp);
+    size_t P = model->num_parameters;
+    float* host = (float*)mallocCheck(P * sizeof(float));
+    float* blocks[3] = {model->params_memory, model->m_memory, model->v_memory};
+    for (int i = 0; i < 3; i++) {
+        device_copy_to_host(host, blocks[i], P * sizeof(float));
+        fwrite_check(host, sizeof(float), P, f, tmp);
+    }
+    free(host);
+    if (fclose(f) != 0) mosaic_fail("cannot write '%s': %s", tmp, strerror(errno));
+    // rename is atomic: a crash mid-write never leaves a half checkpoint under the real name
+    if (rename(tmp, path) != 0) mosaic_fail("cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+}
+
+// returns the step to continue from
+static int checkpoint_load(const char* path, TabPFN* model) {
+    FILE* f = fopenCheck(path, "rb");
+    int header[256];
+    fread_check(header, sizeof(int), 256, f, path);
+    if (header[0] != CHECKPOINT_MAGIC) mosaic_fail("'%s' is not a Mosaic checkpoint (bad magic)", path);
+    if (header[1] != CHECKPOINT_VERSION) mosaic_fail("'%s' has checkpoint version %d, expected %d", path, header[1], CHECKPOINT_VERSION);
+    TabPFNConfig c = model->config;
+    if (header[2] != c.E || header[3] != c.heads || header[4] != c.H || header[5] != c.L || header[6] != c.outputs)
+        mosaic_fail("'%s' holds a model with embed %d heads %d hidden %d layers %d outputs %d; the flags ask for %d %d %d %d %d",
+                    path, header[2], header[3], header[4], header[5], header[6], c.E, c.heads, c.H, c.L, c.outputs);
+    if (header[8] != (int)model->num_parameters) mosaic_fail("'%s' holds %d parameters, expected %zu", path, header[8], model->num_parameters);
+    size_t P = model->num_parameters;
+    float* host = (float*)mallocCheck(P * sizeof(float));
+    float* blocks[3] = {model->params_memory, model->m_memory, model->v_memory};
+    for (int i = 0; i < 3; i++) {
+        fread_check(host, sizeof(float), P, f, path);
+        for (size_t j = 0; j < P; j++)
+            if (!isfinite(host[j])) mosaic_fail("'%s' holds a non-finite value (corrupt checkpoint?)", path);
+        device_copy_to_device(blocks[i], host, P * sizeof(float));
+    }
+    free(host);
+    fclose(f);
+    return header[7];
+}
+
+// the parameters by PyTorch name, in PyTorch shapes, for scripts/ to load
+static void export_parameters(const char* path, TabPFN* model) {
+    ParameterInfo info[NUM_PARAMETER_TENSORS];
+    parameter_infos(info, model->config);
+    float* host = (float*)mallocCheck(model->num_parameters * sizeof(float));
+    device_copy_to_host(host, model->params_memory, model->num_parameters * sizeof(float));
+    TensorFileWriter w;
+    tensor_file_writer_open(&w, path);
+    const float* t = host;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        int layers = info[i].per_layer ? model->config.L : 1;
+        for (int l = 0; l < layers; l++) {
+            char name[128];
+            parameter_name(name, sizeof(name), &info[i], l);
+            int dims[2] = {info[i].rows, info[i].cols};
+            tensor_file_writer_add(&w, name, t, info[i].cols ? 2 : 1, dims);
+            t += parameter_layer_numel(&info[i]);
+        }
+    }
+    tensor_file_writer_close(&w);
+    free(host);
+}
+
+// ----------------------------------------------------------------------------
+// evaluation on a real table: stratified 50/50 split, train rows as context
+
+typedef struct {
+    double roc_auc;  // class 1 vs rest, from P(class 1); ties get the average rank
+    double accuracy; // argmax over the table's classes
+} EvalResult;
+
+// area under the ROC curve via the Mann-Whitney statistic; scores and labels (n)
+static double roc_auc(const float* scores, const int* positive, int n) {
+    int* order = (int*)mallocCheck(n * sizeof(int));
+    for (int i = 0; i < n; i++) order[i] = i;
+    // insertion sort is plenty for a few hundred test rows and keeps this dependency-free
+    for (int i = 1; i < n; i++) {
+        int k = order[i], j = i - 1;
+        while (j >= 0 && scores[order[j]] > scores[k]) { order[j + 1] = order[j]; j--; }
+        order[j + 1] = k;
+    }
+    double rank_sum = 0.0;
+    long n_pos = 0;
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j + 1 < n && scores[order[j + 1]] == scores[order[i]]) j++;
+        double avg_rank = 0.5 * (i + j) + 1.0;
+        for (int k = i; k <= j; k++)
+            if (positive[order[k]]) { rank_sum += avg_rank; n_pos++; }
+        i = j + 1;
+    }
+    free(order);
+    long n_neg = n - n_pos;
+    if (n_pos == 0 || n_neg == 0) return NAN;
+    return (rank_sum - 0.5 * n_pos * (n_pos + 1)) / ((double)n_pos * n_neg);
+}
+
+static EvalResult evaluate(TabPFN* model, const CsvTable* table, TableBatch* batch, uint64_t seed) {
+    csv_table_stratified_split(batch, table, 0.5f, seed);
+    tabpfn_upload_batch(model, batch->x, batch->y, batch->B, batch->R, batch->F, batch->S);
+    tabpfn_forward(model);
+    const int T = batch->R - batch->S, K = model->config.outputs, classes = table->num_classes;
+    float* probs = (float*)mallocCheck((size_t)T * K * sizeof(float));
+    device_copy_to_host(probs, model->acts.probs, (size_t)T * K * sizeof(float));
+    float* score = (float*)mallocCheck(T * sizeof(float));
+    int* positive = (int*)mallocCheck(T * sizeof(int));
+    int correct = 0;
+    for (int i = 0; i < T; i++) {
+        // only the table's classes compete, renormalised, as nanoTabPFN's classifier does
+        const float* p = probs + (long)i * K;
+        double total = 0.0;
+        int best = 0;
+        for (int k = 0; k < classes; k++) {
+            total += p[k];
+            if (p[k] > p[best]) best = k;
+        }
+        int label = (int)batch->y[batch->S + i];
+        correct += best == label;
+        score[i] = (float)(p[1] / total);
+        positive[i] = label == 1;
+    }
+    EvalResult r = {roc_auc(score, positive, T), (double)correct / T};
+    free(probs);
+    free(score);
+    free(positive);
+    return r;
+}
+
+// ----------------------------------------------------------------------------
+// Ctrl-C and SIGTERM finish the current step, save a checkpoint and exit
+
+static volatile sig_atomic_t stop_requested = 0;
+static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
+
+static void format_duration(char* out, size_t size, double seconds) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) snprintf(out, size, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
+    else snprintf(out, size, "%ldm%02lds", s / 60, s % 60);
+}
+
+// labels index the decoder's outputs: one out of range would read past the logits
+static void check_batch_labels(const TableBatch* batch, int outputs, const char* source) {
+    for (long i = 0; i < (long)batch->B * batch->R; i++) {
+        float v = batch->y[i];
+        if (!(v >= 0.0f && v < (float)outputs && v == floorf(v)))
+            mosaic_fail("%s: label %g is not a class index in [0, %d) (raise --outputs?)", source, v, outputs);
+    }
+}
+
+int main(int argc, char** argv) {
+    TrainArgs args;
+    train_args_default(&args);
+    parse_args(&args, argc, argv);
+    if (args.threads > 0) omp_set_num_threads(args.threads);
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
+
+    // data sources; their sizes fix every buffer, allocated here once
+    Prior prior;
+    PriorDump dump;
+    int max_R, max_F;
+    if (args.prior_dump) {
+        prior_dump_open(&dump, args.prior_dump);
+        max_R = dump.max_rows;
+        max_F = dump.max_features;
+        if (dump.max_classes > args.model.outputs)
+            mosaic_fail("'%s' has up to %d classes but --outputs is %d", args.prior_dump, dump.max_classes, args.model.outputs);
+    } else {
+        prior_init(&prior, args.prior, args.seed);
+        max_R = args.prior.max_rows;
+        max_F = args.prior.max_features;
+    }
+    CsvTable eval_table;
+    memset(&eval_table, 0, sizeof(eval_table));
+    if (args.eval_csv) {
+        csv_table_read(&eval_table, args.eval_csv);
+        if (eval_table.num_classes > args.model.outputs)
+            mosaic_fail("'%s' has %d classes but the model has %d outputs", args.eval_csv, eval_table.num_classes, args.model.outputs);
+    }
+    TableBatch batch, eval_batch;
+    table_batch_alloc(&batch, args.batch, max_R, max_F);
+    if (args.eval_csv) table_batch_alloc(&eval_batch, 1, eval_table.rows, eval_table.features);
+    ActivationCapacity cap;
+    cap.max_B = args.batch;
+    cap.max_F = max_F;
+    cap.max_rows = (long)args.batch * max_R;
+    cap.max_cells = (long)args.batch * max_R * (max_F + 1);
+    cap.max_inputs = (long)args.batch * max_R * max_F;
+    if (args.eval_csv) {
+        long eval_rows = eval_table.rows, eval_F = eval_table.features;
+        if (eval_rows > cap.max_rows) cap.max_rows = eval_rows;
+        if (eval_rows * (eval_F + 1) > cap.max_cells) cap.max_cells = eval_rows * (eval_F + 1);
+        if (eval_rows * eval_F > cap.max_inputs) cap.max_inputs = eval_rows * eval_F;
+        if (eval_F > cap.max_F) cap.max_F = (int)eval_F;
+    }
+
+    Comm comm;
+    comm_init_single(&comm);
+    TabPFN model;
+    tabpfn_build(&model, args.model, cap, 1, &comm);
+    tabpfn_init_parameters(&model, args.seed);
+    int start_step = 0;
+    if (args.resume_path) start_step = checkpoint_load(args.resume_path, &model);
+    if (args.prior_dump) prior_dump_skip_to(&dump, start_step, args.batch);
+    else prior_skip_to(&prior, start_step);
+
+    FILE* log = args.log_path ? fopenCheck(args.log_path, "a") : NULL;
+    printf("mosaic train_tabpfn | %zu parameters | E %d heads %d hidden %d layers %d outputs %d | threads %d\n",
+           model.num_parameters, args.model.E, args.model.heads, args.model.H, args.model.L, args.model.outputs,
+           omp_get_max_threads());
+    if (args.prior_dump) printf("data: prior dump '%s' (%d datasets) | batch %d\n", args.prior_dump, dump.num_datasets, args.batch);
+    else printf("data: built-in prior | rows %d-%d | features %d-%d | classes %d | batch %d\n", args.prior.min_rows,
+                args.prior.max_rows, args.prior.min_features, args.prior.max_features, args.prior.num_classes, args.batch);
+    if (start_step > 0) printf("resumed from '%s' at step %d\n", args.resume_path, start_step);
+
+    // training loop: nothing below allocates per step
+    double train_seconds = 0.0, loss_tail_sum = 0.0;
+    int steps_timed = 0, loss_tail_count = 0, step = start_step;
+    float last_loss = NAN;
+    EvalResult eval = {NAN, NAN};
+    const int tail = args.steps < 50 ? (args.steps > 0 ? args.steps : 1) : 50;
+    for (; step < args.steps && !stop_requested; step++) {
+        double t0 = wall_seconds();
+        if (args.prior_dump) prior_dump_next_batch(&batch, &dump, args.batch);
+        else prior_sample_batch(&batch, &prior, args.batch);
+        check_batch_labels(&batch, args.model.outputs, args.prior_dump ? args.prior_dump : "prior");
+        tabpfn_upload_batch(&model, batch.x, batch.y, batch.B, batch.R, batch.F, batch.S);
+        tabpfn_zero_grad(&model);
+        tabpfn_forward(&model);
+        tabpfn_backward(&model);
+        float grad_norm = tabpfn_update(&model, &args.opt, step);
+        double dt = wall_seconds() - t0;
+        float loss = model.mean_loss;
+        if (!isfinite(loss) || !isfinite(grad_norm))
+            mosaic_fail("loss %g / grad norm %g is not finite at step %d (lower --lr?)", loss, grad_norm, step + 1);
+        last_loss = loss;
+        if (step >= args.steps - tail) { loss_tail_sum += loss; loss_tail_count++; }
+        if (step > start_step) { train_seconds += dt; steps_timed++; } // the first step warms caches
+        double ms = 1000.0 * dt;
+        double avg = steps_timed ? train_seconds / steps_timed : dt;
+        float lr = learning_rate_at(&args.opt, step);
+        if (!args.quiet || (step + 1) % 50 == 0 || step == start_step || step + 1 == args.steps) {
+            char eta[32];
+            format_duration(eta, sizeof(eta), avg * (args.steps - step - 1));
+            printf("step %5d/%d | loss %.6f | grad norm %.4f | lr %.2e | %.1f ms | %.1f datasets/s | eta %s\n",
+                   step + 1, args.steps, loss, grad_norm, lr, ms, batch.B / dt, eta);
+            fflush(stdout);
+        }
+        if (log) fprintf(log, "step %d loss %.6f grad_norm %.6f lr %.6e ms %.3f\n", step + 1, loss, grad_norm, lr, ms);
+        if (args.eval_csv && args.eval_every > 0 && (step + 1) % args.eval_every == 0 && step + 1 < args.steps) {
+            eval = evaluate(&model, &eval_table, &eval_batch, args.eval_seed);
+            printf("eval  step %d | %s | roc_auc %.4f | accuracy %.4f\n", step + 1, args.eval_csv, eval.roc_auc, eval.accuracy);
+            if (log) fprintf(log, "eval step %d roc_auc %.6f accuracy %.6f\n", step + 1, eval.roc_auc, eval.accuracy);
+        }
+        if (args.checkpoint_path && args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0)
+            checkpoint_save(args.checkpoint_path, &model, step + 1, args.seed);
+    }
+    if (stop_requested) {
+        const char* path = args.checkpoint_path ? args.checkpoint_path : "train_tabpfn_interrupted.ckpt";
+        checkpoint_save(path, &model, step, args.seed);
+        fprintf(stderr, "mosaic: interrupted at step %d; checkpoint saved to '%s' (continue with --resume %s)\n", step, path, path);
+        if (log) fclose(log);
+        return 130;
+    }
+    if (args.checkpoint_path) checkpoint_save(args.checkpoint_path, &model, step, args.seed);
+    if (args.export_path) export_parameters(args.export_path, &model);
+
+    if (args.eval_csv) {
+        eval = evaluate(&model, &eval_table, &eval_batch, args.eval_seed);
+        printf("eval  step %d | %s | roc_auc %.4f | accuracy %.4f\n", step, args.eval_csv, eval.roc_auc, eval.accuracy);
+        if (log) fprintf(log, "eval step %d roc_auc %.6f accuracy %.6f\n", step, eval.roc_auc, eval.accuracy);
+    }
+    double ms_per_step = steps_timed ? 1000.0 * train_seconds / steps_timed : NAN;
+    printf("summary {\"steps\": %d, \"final_loss\": %.6f, \"last_loss\": %.6f, \"ms_per_step\": %.3f, "
+           "\"datasets_per_s\": %.3f, \"batch\": %d, \"threads\": %d, \"parameters\": %zu, "
+           "\"eval\": {\"table\": \"%s\", \"roc_auc\": %.6f, \"accuracy\": %.6f}}\n",
+           step, loss_tail_count ? loss_tail_sum / loss_tail_count : NAN, last_loss, ms_per_step,
+           args.batch * 1000.0 / ms_per_step, args.batch, omp_get_max_threads(), model.num_parameters,
+           args.eval_csv ? args.eval_csv : "none", eval.roc_auc, eval.accuracy);
+    if (log) fclose(log);
+    tabpfn_free(&model);
+    table_batch_free(&batch);
+    if (args.eval_csv) { table_batch_free(&eval_batch); csv_table_free(&eval_table); }
+    if (args.prior_dump) prior_dump_close(&dump);
+    else prior_free(&prior);
+    return 0;
+}
