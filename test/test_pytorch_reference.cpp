@@ -2,8 +2,8 @@
 // the same parameters and batch must give the same logits, loss and every parameter
 // gradient, and 10 AdamW steps (with clipping, warmup and cosine decay) the same losses.
 // usage: test_pytorch_reference DEBUG_STATE.bin
-// Tolerances (float32 here vs float64 there): logits and loss |err| <= 1e-4 + 1e-4 |ref|;
-// gradients |err| <= 1e-4 * max|ref of that tensor| + 1e-3 |ref|; step losses |err| <= 2e-4.
+// Tolerances (float32 here vs float64 there): logits and loss |err| <= 1e-5 + 1e-5 |ref|;
+// gradients |err| <= 1e-5 * max|ref of that tensor| + 1e-4 |ref|; step losses |err| <= 1e-5.
 #include "test_util.h"
 #include "../model/tabpfn.h"
 #include "../model/tensor_file.h"
@@ -49,8 +49,8 @@ int main(int argc, char** argv) {
     tabpfn_forward(&model);
     const long T = (long)B * (R - S);
     allclose_report("logits", model.acts.logits, tensor_file_get(&state, "logits", T * config.outputs)->data,
-                    T * config.outputs, 1e-4, 1e-4);
-    allclose_report("loss", &model.mean_loss, tensor_file_get(&state, "loss", 1)->data, 1, 1e-4, 1e-4);
+                    T * config.outputs, 1e-5, 1e-5);
+    allclose_report("loss", &model.mean_loss, tensor_file_get(&state, "loss", 1)->data, 1, 1e-5, 1e-5);
 
     tabpfn_backward(&model);
     float* g = model.grads_memory;
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
             const float* ref = tensor_file_get(&state, grad_name, n)->data;
             double max_ref = 0.0;
             for (long j = 0; j < n; j++) max_ref = fabs(ref[j]) > max_ref ? fabs(ref[j]) : max_ref;
-            allclose_report(grad_name, g, ref, n, 1e-4 * max_ref + 1e-9, 1e-3);
+            allclose_report(grad_name, g, ref, n, 1e-5 * max_ref + 1e-9, 1e-4);
             g += n;
         }
 
@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
         tabpfn_update(&model, &opt, step);
     }
     allclose_report("learning-rate schedule (warmup + cosine)", my_lrs, lrs, 10, 1e-9, 1e-6);
-    allclose_report("losses of 10 AdamW steps", losses, ref_losses, 10, 2e-4, 0.0);
+    allclose_report("losses of 10 AdamW steps", losses, ref_losses, 10, 1e-5, 0.0);
     tabpfn_free(&model);
     tensor_file_free(&state);
     return tests_finish();
