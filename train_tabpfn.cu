@@ -41,8 +41,11 @@ typedef struct {
     const char* log_path;
     const char* checkpoint_path;
     int checkpoint_every;
+    int stop_at; // end this run after this step (with a checkpoint), as a time-limited job would
     const char* resume_path;
     const char* export_path;
+    const char* write_prior_dump; // write datasets from the built-in prior, then exit
+    int dump_datasets;
     int threads;
     int quiet; // print every step (0) or only every 50th
 } TrainArgs;
@@ -53,7 +56,9 @@ static void train_args_default(TrainArgs* a) {
     a->model = tabpfn_config_default();
     a->batch = 32;
     a->steps = 2500;
-    a->opt.lr_max = 4e-3f;
+    // nanoTabPFN uses 4e-3 with schedule-free AdamW; with plain AdamW 4e-3 stalls near ln 2
+    // (measured here, and the same in the PyTorch reference), 1e-3 learns
+    a->opt.lr_max = 1e-3f;
     a->opt.warmup_steps = 100;
     a->opt.weight_decay = 0.0f;
     a->opt.beta1 = 0.9f;
@@ -65,6 +70,7 @@ static void train_args_default(TrainArgs* a) {
     a->eval_every = 500;
     a->eval_seed = 0;
     a->checkpoint_every = 500;
+    a->dump_datasets = 1024;
 }
 
 static void print_usage(const TrainArgs* d) {
@@ -102,15 +108,18 @@ static void print_usage(const TrainArgs* d) {
            "  --log PATH               append per-step and eval lines to this file\n"
            "  --checkpoint PATH        save parameters + optimizer state here (atomically)\n"
            "  --checkpoint-every N     ... every N steps, at the end and on Ctrl-C (%d)\n"
+           "  --stop-at N              end this run after step N with a checkpoint; --resume continues it\n"
            "  --resume PATH            continue from a checkpoint\n"
            "  --export PATH            write the trained parameters by PyTorch name (tensor file)\n"
+           "  --write-prior-dump PATH  write --dump-datasets tables of the built-in prior to a dump file, then exit\n"
+           "  --dump-datasets N        how many (%d)\n"
            "  --quiet                  print every 50th step instead of every step\n"
            "  --help                   this text\n",
            d->prior.min_rows, d->prior.max_rows, d->prior.min_features, d->prior.max_features, d->prior.num_classes,
            d->prior.min_train_fraction, d->prior.max_train_fraction, d->model.E, d->model.heads, d->model.H,
            d->model.L, d->model.outputs, d->batch, d->steps, d->opt.lr_max, d->opt.warmup_steps,
            d->opt.weight_decay, d->opt.clip_norm, (unsigned long long)d->seed, d->eval_csv, d->eval_every,
-           (unsigned long long)d->eval_seed, d->checkpoint_every);
+           (unsigned long long)d->eval_seed, d->checkpoint_every, d->dump_datasets);
 }
 
 static long parse_long_flag(const char* flag, const char* value, long lo, long hi) {
@@ -170,7 +179,10 @@ static void parse_args(TrainArgs* a, int argc, char** argv) {
         else if (!strcmp(f, "--checkpoint")) a->checkpoint_path = v;
         else if (!strcmp(f, "--checkpoint-every")) a->checkpoint_every = (int)parse_long_flag(f, v, 0, BIG);
         else if (!strcmp(f, "--resume")) a->resume_path = v;
+        else if (!strcmp(f, "--stop-at")) a->stop_at = (int)parse_long_flag(f, v, 1, BIG);
         else if (!strcmp(f, "--export")) a->export_path = v;
+        else if (!strcmp(f, "--write-prior-dump")) a->write_prior_dump = v;
+        else if (!strcmp(f, "--dump-datasets")) a->dump_datasets = (int)parse_long_flag(f, v, 1, BIG);
         else mosaic_fail("unknown flag '%s' (see --help)", f);
     }
     PriorConfig* p = &a->prior;
@@ -264,6 +276,28 @@ static void export_parameters(const char* path, TabPFN* model) {
     free(host);
 }
 
+// samples datasets from the built-in prior into a prior dump (for tests and for sharing a
+// fixed training set); batch by batch, so any count fits in memory
+static void write_prior_dump(const TrainArgs* args) {
+    Prior prior;
+    prior_init(&prior, args->prior, args->seed);
+    TableBatch batch;
+    table_batch_alloc(&batch, args->batch, args->prior.max_rows, args->prior.max_features);
+    PriorDumpWriter writer;
+    prior_dump_writer_open(&writer, args->write_prior_dump, args->dump_datasets, args->prior.max_rows,
+                           args->prior.max_features, args->prior.num_classes);
+    int written = 0;
+    while (written < args->dump_datasets) {
+        prior_sample_batch(&batch, &prior, args->batch);
+        written += prior_dump_writer_append(&writer, &batch);
+    }
+    prior_dump_writer_close(&writer);
+    printf("wrote %d datasets of the built-in prior (seed %llu) to '%s'\n", written, (unsigned long long)args->seed,
+           args->write_prior_dump);
+    table_batch_free(&batch);
+    prior_free(&prior);
+}
+
 // ----------------------------------------------------------------------------
 // evaluation on a real table: stratified 50/50 split, train rows as context
 
@@ -335,6 +369,12 @@ static EvalResult evaluate(TabPFN* model, const CsvTable* table, TableBatch* bat
 static volatile sig_atomic_t stop_requested = 0;
 static void on_stop_signal(int sig) { (void)sig; stop_requested = 1; }
 
+// JSON has no NaN: a figure that was not measured is null
+static void json_number(char* out, size_t size, double v) {
+    if (isfinite(v)) snprintf(out, size, "%.6f", v);
+    else snprintf(out, size, "null");
+}
+
 static void format_duration(char* out, size_t size, double seconds) {
     long s = (long)(seconds + 0.5);
     if (s >= 3600) snprintf(out, size, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
@@ -357,6 +397,10 @@ int main(int argc, char** argv) {
     if (args.threads > 0) omp_set_num_threads(args.threads);
     signal(SIGINT, on_stop_signal);
     signal(SIGTERM, on_stop_signal);
+    if (args.write_prior_dump) {
+        write_prior_dump(&args);
+        return 0;
+    }
 
     // data sources; their sizes fix every buffer, allocated here once
     Prior prior;
@@ -422,7 +466,8 @@ int main(int argc, char** argv) {
     float last_loss = NAN;
     EvalResult eval = {NAN, NAN};
     const int tail = args.steps < 50 ? (args.steps > 0 ? args.steps : 1) : 50;
-    for (; step < args.steps && !stop_requested; step++) {
+    const int last_step = args.stop_at && args.stop_at < args.steps ? args.stop_at : args.steps;
+    for (; step < last_step && !stop_requested; step++) {
         double t0 = wall_seconds();
         if (args.prior_dump) prior_dump_next_batch(&batch, &dump, args.batch);
         else prior_sample_batch(&batch, &prior, args.batch);
@@ -449,7 +494,10 @@ int main(int argc, char** argv) {
                    step + 1, args.steps, loss, grad_norm, lr, ms, batch.B / dt, eta);
             fflush(stdout);
         }
-        if (log) fprintf(log, "step %d loss %.6f grad_norm %.6f lr %.6e ms %.3f\n", step + 1, loss, grad_norm, lr, ms);
+        if (log) {
+            fprintf(log, "step %d loss %.9g grad_norm %.9g lr %.9g ms %.3f\n", step + 1, loss, grad_norm, lr, ms);
+            fflush(log); // a crash loses at most the step in flight
+        }
         if (args.eval_csv && args.eval_every > 0 && (step + 1) % args.eval_every == 0 && step + 1 < args.steps) {
             eval = evaluate(&model, &eval_table, &eval_batch, args.eval_seed);
             printf("eval  step %d | %s | roc_auc %.4f | accuracy %.4f\n", step + 1, args.eval_csv, eval.roc_auc, eval.accuracy);
@@ -458,12 +506,13 @@ int main(int argc, char** argv) {
         if (args.checkpoint_path && args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0)
             checkpoint_save(args.checkpoint_path, &model, step + 1, args.seed);
     }
-    if (stop_requested) {
+    if (step < args.steps) { // interrupted, or --stop-at: keep everything for --resume
         const char* path = args.checkpoint_path ? args.checkpoint_path : "train_tabpfn_interrupted.ckpt";
         checkpoint_save(path, &model, step, args.seed);
-        fprintf(stderr, "mosaic: interrupted at step %d; checkpoint saved to '%s' (continue with --resume %s)\n", step, path, path);
+        fprintf(stderr, "mosaic: %s at step %d of %d; checkpoint saved to '%s' (continue with --resume %s)\n",
+                stop_requested ? "interrupted" : "stopped", step, args.steps, path, path);
         if (log) fclose(log);
-        return 130;
+        return stop_requested ? 130 : 0;
     }
     if (args.checkpoint_path) checkpoint_save(args.checkpoint_path, &model, step, args.seed);
     if (args.export_path) export_parameters(args.export_path, &model);
@@ -474,12 +523,18 @@ int main(int argc, char** argv) {
         if (log) fprintf(log, "eval step %d roc_auc %.6f accuracy %.6f\n", step, eval.roc_auc, eval.accuracy);
     }
     double ms_per_step = steps_timed ? 1000.0 * train_seconds / steps_timed : NAN;
-    printf("summary {\"steps\": %d, \"final_loss\": %.6f, \"last_loss\": %.6f, \"ms_per_step\": %.3f, "
-           "\"datasets_per_s\": %.3f, \"batch\": %d, \"threads\": %d, \"parameters\": %zu, "
-           "\"eval\": {\"table\": \"%s\", \"roc_auc\": %.6f, \"accuracy\": %.6f}}\n",
-           step, loss_tail_count ? loss_tail_sum / loss_tail_count : NAN, last_loss, ms_per_step,
-           args.batch * 1000.0 / ms_per_step, args.batch, omp_get_max_threads(), model.num_parameters,
-           args.eval_csv ? args.eval_csv : "none", eval.roc_auc, eval.accuracy);
+    char final_loss[32], last[32], ms[32], rate[32], auc[32], acc[32];
+    json_number(final_loss, sizeof(final_loss), loss_tail_count ? loss_tail_sum / loss_tail_count : NAN);
+    json_number(last, sizeof(last), last_loss);
+    json_number(ms, sizeof(ms), ms_per_step);
+    json_number(rate, sizeof(rate), args.batch * 1000.0 / ms_per_step);
+    json_number(auc, sizeof(auc), eval.roc_auc);
+    json_number(acc, sizeof(acc), eval.accuracy);
+    printf("summary {\"steps\": %d, \"final_loss\": %s, \"last_loss\": %s, \"ms_per_step\": %s, "
+           "\"datasets_per_s\": %s, \"batch\": %d, \"threads\": %d, \"parameters\": %zu, "
+           "\"eval\": {\"table\": \"%s\", \"roc_auc\": %s, \"accuracy\": %s}}\n",
+           step, final_loss, last, ms, rate, args.batch, omp_get_max_threads(), model.num_parameters,
+           args.eval_csv ? args.eval_csv : "none", auc, acc);
     if (log) fclose(log);
     tabpfn_free(&model);
     table_batch_free(&batch);

@@ -1,7 +1,15 @@
 // A batch of tables as the model consumes it, in host memory.
 // All B tables share R rows, F features and S train rows: rows [0, S) are train, [S, R) test.
 #pragma once
+#include <sys/stat.h>
 #include "../model/common.h"
+
+// a directory or a device opens fine with fopen but then reads nonsense: say so instead
+static void dataloader_check_regular_file(const char* path) {
+    struct stat st;
+    if (stat(path, &st) != 0) mosaic_fail("cannot open '%s': %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) mosaic_fail("'%s' is not a regular file", path);
+}
 
 typedef struct {
     int B;    // datasets in the batch

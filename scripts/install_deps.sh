@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Mosaic builds and tests with (idempotent; root or sudo).
+#   build:  g++, OpenMP, OpenBLAS (the OpenMP build, so BLAS shares the trainer's threads)
+#   MPI:    Open MPI, for the sharded runs (mpirun)
+#   tests:  Debian's python3-torch, numpy, h5py, scikit-learn, used through /usr/bin/python3
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+PACKAGES="build-essential libopenblas-openmp-dev libopenmpi-dev openmpi-bin python3-numpy python3-torch python3-h5py python3-sklearn"
+missing=""
+for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    echo "installing:$missing"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq $missing >/dev/null
+fi

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every test of `make test` (which builds them first), prints each one's verdict and a
+# closing "N passed, M failed" over all test programs; exits non-zero if any failed.
+# The PyTorch reference state is regenerated on every run (needs /usr/bin/python3 + torch).
+set -u
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+TMP=$(mktemp -d /tmp/mosaic_tests.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+passed=0
+failed=0
+failed_names=""
+
+run() { # run NAME COMMAND...: one test program, its output indented
+    local name=$1
+    shift
+    local t0=$SECONDS
+    echo "=== $name"
+    if "$@" 2>&1 | sed 's/^/    /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+        passed=$((passed + 1))
+        echo "=== $name: PASS ($((SECONDS - t0)) s)"
+    else
+        failed=$((failed + 1))
+        failed_names="$failed_names $name"
+        echo "=== $name: FAIL ($((SECONDS - t0)) s)"
+    fi
+}
+
+run test_ops_gradcheck ./build/test_ops_gradcheck
+run test_flash_attention ./build/test_flash_attention
+run test_model_gradcheck ./build/test_model_gradcheck
+run pytorch_reference_state "$PY" scripts/tabpfn_reference.py --write-debug-state "$TMP/debug_state.bin"
+run test_pytorch_reference ./build/test_pytorch_reference "$TMP/debug_state.bin"
+run tensor_file_python "$PY" scripts/tensor_file.py --self-test
+run test_dataloader ./build/test_dataloader
+run test_h5_convert bash test/test_h5_convert.sh
+run test_bad_input bash test/test_bad_input.sh
+run test_checkpoint_resume bash test/test_checkpoint_resume.sh
+run test_train_loss bash test/test_train_loss.sh
+
+echo
+[ -n "$failed_names" ] && echo "failed:$failed_names"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
