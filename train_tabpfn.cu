@@ -433,7 +433,9 @@ int main(int argc, char** argv) {
     cap.max_rows = (long)args.batch * max_R;
     cap.max_cells = (long)args.batch * max_R * (max_F + 1);
     cap.max_inputs = (long)args.batch * max_R * max_F;
+    cap.max_R_global = max_R;
     if (args.eval_csv) {
+        if (eval_table.rows > cap.max_R_global) cap.max_R_global = eval_table.rows;
         long eval_rows = eval_table.rows, eval_F = eval_table.features;
         if (eval_rows > cap.max_rows) cap.max_rows = eval_rows;
         if (eval_rows * (eval_F + 1) > cap.max_cells) cap.max_cells = eval_rows * (eval_F + 1);
@@ -444,7 +446,8 @@ int main(int argc, char** argv) {
     Comm comm;
     comm_init_single(&comm);
     TabPFN model;
-    tabpfn_build(&model, args.model, cap, 1, &comm);
+    ParallelConfig par = parallel_config_single(&comm);
+    tabpfn_build(&model, args.model, cap, 1, &par);
     tabpfn_init_parameters(&model, args.seed);
     int start_step = 0;
     if (args.resume_path) start_step = checkpoint_load(args.resume_path, &model);

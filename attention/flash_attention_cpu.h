@@ -36,12 +36,36 @@ static inline T fa_dot(const T* a, const T* b, int d) {
     return acc;
 }
 
-template <typename T>
-static inline void fa_axpy(T* y, T alpha, const T* x, int d) {
+// exp over an array, written so the compiler vectorises it (libm's expf is one call per
+// element): exp(x) = 2^k exp(r), r = x - k ln2 split in two parts (Cody-Waite), exp(r) by
+// a degree-6 polynomial (Cephes' coefficients), about 1 ulp. Below -87 the result is 0.
+static inline void fa_exp_inplace(float* x, int n) {
 #pragma omp simd
-    for (int i = 0; i < d; i++) y[i] += alpha * x[i];
+    for (int i = 0; i < n; i++) {
+        float v = x[i];
+        const int underflow = v < -87.0f;
+        v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
+        const float k = rintf(v * 1.44269504088896341f);
+        const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
+        float poly = 1.9875691500e-4f;
+        poly = poly * r + 1.3981999507e-3f;
+        poly = poly * r + 8.3334519073e-3f;
+        poly = poly * r + 4.1665795894e-2f;
+        poly = poly * r + 1.6666665459e-1f;
+        poly = poly * r + 5.0000001201e-1f;
+        const float er = poly * r * r + r + 1.0f;
+        union { int i; float f; } two_k;
+        two_k.i = ((int)k + 127) << 23;
+        x[i] = underflow ? 0.0f : er * two_k.f;
+    }
+}
+static inline void fa_exp_inplace(double* x, int n) {
+    for (int i = 0; i < n; i++) x[i] = exp(x[i]);
 }
 
+// Forward, per (sequence, head, query tile). Tiles are held transposed, queries along the
+// vector lanes: every inner loop runs over FA_Q_TILE contiguous queries, so the small head
+// size (24 by default) never sits in the vector lanes and no horizontal sums are needed.
 // out = softmax(scale * q k^T) v over kv positions [0, kv_len); lse = log-sum-exp of the scores.
 // kv_len == 0 gives out = 0 and lse = -inf (an empty key set, merged away by lse_merge).
 template <typename T>
@@ -63,43 +87,60 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
         const T* kb = k + axis_offset(kv_layout, n) + (long)h * d;
         const T* vb = v + axis_offset(kv_layout, n) + (long)h * d;
 
-        T q_tile[FA_Q_TILE][FA_MAX_HEAD_DIM];  // pre-scaled queries
-        T acc[FA_Q_TILE][FA_MAX_HEAD_DIM];     // unnormalised outputs
-        T k_tile[FA_KV_TILE][FA_MAX_HEAD_DIM]; // contiguous copies: the axis may be strided
-        T v_tile[FA_KV_TILE][FA_MAX_HEAD_DIM];
-        T s[FA_KV_TILE];
-        T row_max[FA_Q_TILE], row_sum[FA_Q_TILE];
-        for (int i = 0; i < nq; i++) {
-            const T* qi = qb + (long)(i0 + i) * q_layout.seq_stride;
-            for (int e = 0; e < d; e++) q_tile[i][e] = qi[e] * scale;
-            for (int e = 0; e < d; e++) acc[i][e] = 0;
+        T q_t[FA_MAX_HEAD_DIM][FA_Q_TILE];   // pre-scaled queries, transposed; padding lanes 0
+        T acc_t[FA_MAX_HEAD_DIM][FA_Q_TILE]; // unnormalised outputs, transposed
+        T s_t[FA_KV_TILE][FA_Q_TILE];        // scores, then probabilities, key-major
+        T row_max[FA_Q_TILE], row_sum[FA_Q_TILE], new_max[FA_Q_TILE], correction[FA_Q_TILE];
+        for (int e = 0; e < d; e++)
+            for (int i = 0; i < FA_Q_TILE; i++) {
+                q_t[e][i] = i < nq ? qb[(long)(i0 + i) * q_layout.seq_stride + e] * scale : (T)0;
+                acc_t[e][i] = 0;
+            }
+        for (int i = 0; i < FA_Q_TILE; i++) {
             row_max[i] = -INFINITY;
             row_sum[i] = 0;
         }
         for (int j0 = 0; j0 < kv_len; j0 += FA_KV_TILE) {
             const int nk = kv_len - j0 < FA_KV_TILE ? kv_len - j0 : FA_KV_TILE;
+            for (int i = 0; i < FA_Q_TILE; i++) new_max[i] = row_max[i];
             for (int j = 0; j < nk; j++) {
-                memcpy(k_tile[j], kb + (long)(j0 + j) * kv_layout.seq_stride, d * sizeof(T));
-                memcpy(v_tile[j], vb + (long)(j0 + j) * kv_layout.seq_stride, d * sizeof(T));
-            }
-            for (int i = 0; i < nq; i++) {
-                T m = row_max[i];
-                for (int j = 0; j < nk; j++) {
-                    s[j] = fa_dot(q_tile[i], k_tile[j], d);
-                    m = s[j] > m ? s[j] : m;
+                const T* kj = kb + (long)(j0 + j) * kv_layout.seq_stride;
+                T* sj = s_t[j];
+#pragma omp simd
+                for (int i = 0; i < FA_Q_TILE; i++) sj[i] = 0;
+                for (int e = 0; e < d; e++) {
+                    const T ke = kj[e];
+#pragma omp simd
+                    for (int i = 0; i < FA_Q_TILE; i++) sj[i] += ke * q_t[e][i];
                 }
-                // rescale what was accumulated under the old maximum
-                T correction = exp(row_max[i] - m);
-                T sum = row_sum[i] * correction;
-                for (int e = 0; e < d; e++) acc[i][e] *= correction;
-                for (int j = 0; j < nk; j++) {
-                    T p = exp(s[j] - m);
-                    sum += p;
-                    fa_axpy(acc[i], p, v_tile[j], d);
-                }
-                row_max[i] = m;
-                row_sum[i] = sum;
+#pragma omp simd
+                for (int i = 0; i < FA_Q_TILE; i++) new_max[i] = sj[i] > new_max[i] ? sj[i] : new_max[i];
             }
+            // rescale what was accumulated under the old maximum (exp(-inf) = 0 at the start)
+#pragma omp simd
+            for (int i = 0; i < FA_Q_TILE; i++) correction[i] = row_max[i] - new_max[i];
+            fa_exp_inplace(correction, FA_Q_TILE);
+            for (int j = 0; j < nk; j++) {
+#pragma omp simd
+                for (int i = 0; i < FA_Q_TILE; i++) s_t[j][i] -= new_max[i];
+                fa_exp_inplace(s_t[j], FA_Q_TILE);
+            }
+#pragma omp simd
+            for (int i = 0; i < FA_Q_TILE; i++) row_sum[i] *= correction[i];
+            for (int j = 0; j < nk; j++)
+#pragma omp simd
+                for (int i = 0; i < FA_Q_TILE; i++) row_sum[i] += s_t[j][i];
+            for (int e = 0; e < d; e++) {
+                T* ae = acc_t[e];
+#pragma omp simd
+                for (int i = 0; i < FA_Q_TILE; i++) ae[i] *= correction[i];
+                for (int j = 0; j < nk; j++) {
+                    const T ve = vb[(long)(j0 + j) * kv_layout.seq_stride + e];
+#pragma omp simd
+                    for (int i = 0; i < FA_Q_TILE; i++) ae[i] += ve * s_t[j][i];
+                }
+            }
+            for (int i = 0; i < FA_Q_TILE; i++) row_max[i] = new_max[i];
         }
         T* ob = out + axis_offset(out_layout, n) + (long)h * d;
         T* lb = lse + (n * heads + h) * (long)q_len + i0;
@@ -111,7 +152,7 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
                 continue;
             }
             T inv = (T)1 / row_sum[i];
-            for (int e = 0; e < d; e++) oi[e] = acc[i][e] * inv;
+            for (int e = 0; e < d; e++) oi[e] = acc_t[e][i] * inv;
             lb[i] = row_max[i] + log(row_sum[i]);
         }
     }
@@ -122,6 +163,8 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
 // (sequence, head) pairs, each owned by one thread, so the accumulations never race.
 // out and lse are the FINAL (all keys) results; for one key block of a sharded run this
 // still gives that block's exact share of the gradient.
+// Per key tile, the tile's K, V, dK, dV are held transposed (keys along the vector lanes);
+// each query then costs vector loops over the tile's keys and d dot products for dQ.
 template <typename T>
 static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
                                      const T* k, const T* v, AxisLayout q_layout, AxisLayout kv_layout,
@@ -139,42 +182,60 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
         const long out_base = axis_offset(out_layout, n) + (long)h * d;
         const T* lb = lse + (n * heads + h) * (long)q_len;
 
-        T k_tile[FA_KV_TILE][FA_MAX_HEAD_DIM], v_tile[FA_KV_TILE][FA_MAX_HEAD_DIM];
-        T dk_tile[FA_KV_TILE][FA_MAX_HEAD_DIM], dv_tile[FA_KV_TILE][FA_MAX_HEAD_DIM];
-        T q_row[FA_MAX_HEAD_DIM], do_row[FA_MAX_HEAD_DIM], dq_row[FA_MAX_HEAD_DIM];
+        T k_t[FA_MAX_HEAD_DIM][FA_KV_TILE], v_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
+        T dk_t[FA_MAX_HEAD_DIM][FA_KV_TILE], dv_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
+        T q_row[FA_MAX_HEAD_DIM], do_row[FA_MAX_HEAD_DIM];
+        T p[FA_KV_TILE], ds[FA_KV_TILE];
         for (int j0 = 0; j0 < kv_len; j0 += FA_KV_TILE) {
             const int nk = kv_len - j0 < FA_KV_TILE ? kv_len - j0 : FA_KV_TILE;
             for (int j = 0; j < nk; j++) {
-                memcpy(k_tile[j], k + kv_base + (long)(j0 + j) * kv_layout.seq_stride, d * sizeof(T));
-                memcpy(v_tile[j], v + kv_base + (long)(j0 + j) * kv_layout.seq_stride, d * sizeof(T));
-                for (int e = 0; e < d; e++) dk_tile[j][e] = dv_tile[j][e] = 0;
-            }
-            for (int i = 0; i < q_len; i++) {
-                const T* qi = q + q_base + (long)i * q_layout.seq_stride;
-                const T* doi = dout + out_base + (long)i * out_layout.seq_stride;
-                const T* oi = out + out_base + (long)i * out_layout.seq_stride;
-                memcpy(q_row, qi, d * sizeof(T));
-                memcpy(do_row, doi, d * sizeof(T));
-                // D_i = rowsum(dO * O): the softmax Jacobian's diagonal correction
-                T D = fa_dot(do_row, oi, d);
-                T lse_i = lb[i];
-                for (int e = 0; e < d; e++) dq_row[e] = 0;
-                for (int j = 0; j < nk; j++) {
-                    T p = exp(scale * fa_dot(q_row, k_tile[j], d) - lse_i);
-                    fa_axpy(dv_tile[j], p, do_row, d);
-                    T ds = p * (fa_dot(do_row, v_tile[j], d) - D) * scale;
-                    fa_axpy(dq_row, ds, k_tile[j], d);
-                    fa_axpy(dk_tile[j], ds, q_row, d);
+                const T* kj = k + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
+                const T* vj = v + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
+                for (int e = 0; e < d; e++) {
+                    k_t[e][j] = kj[e];
+                    v_t[e][j] = vj[e];
                 }
+            }
+            for (int e = 0; e < d; e++)
+                for (int j = 0; j < nk; j++) dk_t[e][j] = dv_t[e][j] = 0;
+            for (int i = 0; i < q_len; i++) {
+                const T* oi = out + out_base + (long)i * out_layout.seq_stride;
+                memcpy(q_row, q + q_base + (long)i * q_layout.seq_stride, d * sizeof(T));
+                memcpy(do_row, dout + out_base + (long)i * out_layout.seq_stride, d * sizeof(T));
+                // D_i = rowsum(dO * O): the softmax Jacobian's diagonal correction
+                const T D = fa_dot(do_row, oi, d);
+                const T lse_i = lb[i];
+                for (int j = 0; j < nk; j++) p[j] = ds[j] = 0;
+                for (int e = 0; e < d; e++) {
+                    const T qe = q_row[e], doe = do_row[e];
+#pragma omp simd
+                    for (int j = 0; j < nk; j++) {
+                        p[j] += qe * k_t[e][j];   // q . k_j
+                        ds[j] += doe * v_t[e][j]; // dO . v_j
+                    }
+                }
+#pragma omp simd
+                for (int j = 0; j < nk; j++) p[j] = scale * p[j] - lse_i;
+                fa_exp_inplace(p, nk);
+#pragma omp simd
+                for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - D) * scale;
                 T* dqi = dq + q_base + (long)i * q_layout.seq_stride;
-                for (int e = 0; e < d; e++) dqi[e] += dq_row[e];
+                for (int e = 0; e < d; e++) {
+                    const T qe = q_row[e], doe = do_row[e];
+#pragma omp simd
+                    for (int j = 0; j < nk; j++) {
+                        dv_t[e][j] += doe * p[j];
+                        dk_t[e][j] += qe * ds[j];
+                    }
+                    dqi[e] += fa_dot(ds, k_t[e], nk);
+                }
             }
             for (int j = 0; j < nk; j++) {
                 T* dkj = dk + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
                 T* dvj = dv + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
                 for (int e = 0; e < d; e++) {
-                    dkj[e] += dk_tile[j][e];
-                    dvj[e] += dv_tile[j][e];
+                    dkj[e] += dk_t[e][j];
+                    dvj[e] += dv_t[e][j];
                 }
             }
         }

@@ -33,20 +33,28 @@ static inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int 
     cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// sums over the rows of a (N, D) matrix, one column block per thread; each column is summed
-// top to bottom, so the result is independent of the thread count.
+// Column sums of an (N, D) matrix in a fixed order: each thread owns chunks of 16 columns
+// and walks all rows top to bottom, reading one 64-byte run per row, so the result does
+// not depend on the thread count and the reads stay sequential.
 // out[d] += sum_n a[n, d] * (b ? b[n, d] : 1)
+enum { COLUMN_CHUNK = 16 };
 template <typename T>
 static void column_sums_accumulate(T* out, const T* a, const T* b, long N, int D) {
+    const int chunks = ceil_div(D, COLUMN_CHUNK);
 #pragma omp parallel for schedule(static)
-    for (int d = 0; d < D; d++) {
-        double acc = 0.0;
-        if (b) {
-            for (long n = 0; n < N; n++) acc += (double)a[n * D + d] * (double)b[n * D + d];
-        } else {
-            for (long n = 0; n < N; n++) acc += (double)a[n * D + d];
+    for (int chunk = 0; chunk < chunks; chunk++) {
+        const int d0 = chunk * COLUMN_CHUNK, w = D - d0 < COLUMN_CHUNK ? D - d0 : COLUMN_CHUNK;
+        double acc[COLUMN_CHUNK] = {0};
+        for (long n = 0; n < N; n++) {
+            const T* row = a + n * D + d0;
+            if (b) {
+                const T* brow = b + n * D + d0;
+                for (int j = 0; j < w; j++) acc[j] += (double)row[j] * brow[j];
+            } else {
+                for (int j = 0; j < w; j++) acc[j] += row[j];
+            }
         }
-        out[d] += (T)acc;
+        for (int j = 0; j < w; j++) out[d0 + j] += (T)acc[j];
     }
 }
 
@@ -124,17 +132,25 @@ static void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, con
             dx[e] = s * (dxhat - (T)dnorm_mean - xhat * (T)dnorm_xhat_mean);
         }
     }
-    // parameter gradients: column sums in a fixed order
+    // parameter gradients: column sums in a fixed order (as column_sums_accumulate)
+    const int chunks = ceil_div(E, COLUMN_CHUNK);
 #pragma omp parallel for schedule(static)
-    for (int e = 0; e < E; e++) {
-        double dw = 0.0, db = 0.0;
+    for (int chunk = 0; chunk < chunks; chunk++) {
+        const int e0 = chunk * COLUMN_CHUNK, w = E - e0 < COLUMN_CHUNK ? E - e0 : COLUMN_CHUNK;
+        double dw[COLUMN_CHUNK] = {0}, db[COLUMN_CHUNK] = {0};
         for (long n = 0; n < N; n++) {
-            T xhat = (inp[n * E + e] - mean[n]) * rstd[n];
-            dw += (double)dout[n * E + e] * xhat;
-            db += dout[n * E + e];
+            const T* x = inp + n * E + e0;
+            const T* dy = dout + n * E + e0;
+            const T m = mean[n], s = rstd[n];
+            for (int j = 0; j < w; j++) {
+                dw[j] += (double)dy[j] * ((x[j] - m) * s);
+                db[j] += dy[j];
+            }
         }
-        dweight[e] += (T)dw;
-        dbias[e] += (T)db;
+        for (int j = 0; j < w; j++) {
+            dweight[e0 + j] += (T)dw[j];
+            dbias[e0 + j] += (T)db[j];
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "ops_cpu.h"
 #include "../attention/axis_attention.h"
+#include "../attention/row_attention.h"
 #include "../comm/comm.h"
 
 typedef struct {
@@ -154,11 +155,27 @@ static void point_parameters(ParameterTensors* p, float* memory, const size_t* s
 // activations: one arena sized once for the largest batch the run will see
 
 typedef struct {
-    long max_cells;  // N = B*R*C
-    long max_rows;   // B*R (also bounds the test rows T)
-    long max_inputs; // B*R*F
+    long max_cells;   // N = B*R*C held on this rank
+    long max_rows;    // B*R (also bounds the test rows T)
+    long max_inputs;  // B*R*F
     int max_B, max_F;
+    int max_R_global; // rows of a whole table: sizes the row-attention exchange buffers
 } ActivationCapacity;
+
+// how this rank takes part in a run: the groups it reduces over and the row-attention
+// strategy of every layer
+typedef struct {
+    Comm* seq;          // ranks holding rows of the same datasets (row sharding)
+    Comm* world;        // every rank: the loss and the gradients are summed over it
+    RowStrategy* row_strategy; // (L) per layer; NULL: ROW_LOCAL everywhere
+    int overlap;        // post transfers before the compute that hides them
+} ParallelConfig;
+
+// one process: every group is this process alone, every layer attends locally
+static inline ParallelConfig parallel_config_single(Comm* comm) {
+    ParallelConfig par = {comm, comm, NULL, 1};
+    return par;
+}
 
 typedef struct {
     float* xnorm;    // (B, R, F) standardised, clipped features
@@ -209,7 +226,10 @@ typedef struct {
 
 typedef struct {
     TabPFNConfig config;
-    Comm* seq_comm; // ranks that share the rows of the same datasets (size 1 here)
+    Comm* seq_comm;   // ranks that share the rows of the same datasets
+    Comm* world_comm; // every rank
+    RowAttention* row_attn; // (L) one context per layer
+    float* row_scratch;     // the strategies' exchange buffers
 
     size_t param_sizes[NUM_PARAMETER_TENSORS];
     size_t num_parameters;
@@ -230,8 +250,9 @@ typedef struct {
     float* x;        // (B, R, F)
     float* y;        // (B, R)
     double* stats;   // (B, F, 3) feature stats then (B, 2) label stats
-    int B, R, F, S;
-    double num_test_rows; // over the whole sequence group: the loss's denominator
+    int B, R, F, S;       // held on this rank
+    int S_global, T_global; // train and test rows of the whole tables
+    double num_test_rows; // over every rank: the loss's denominator
     float mean_loss;      // of the last forward
 } TabPFN;
 
@@ -276,11 +297,13 @@ static void tabpfn_init_parameters(TabPFN* model, uint64_t seed) {
 }
 
 // Allocates everything the run will need, once. train = 0 skips gradients and optimizer.
-static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity cap, int train, Comm* seq_comm) {
+static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity cap, int train,
+                         const ParallelConfig* par) {
     memset(model, 0, sizeof(*model));
     tabpfn_validate_config(config);
     model->config = config;
-    model->seq_comm = seq_comm;
+    model->seq_comm = par->seq;
+    model->world_comm = par->world;
     model->cap = cap;
     const TabPFNConfig c = config;
     const long N = cap.max_cells, BR = cap.max_rows;
@@ -312,6 +335,37 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
     for (size_t i = 0; i < sizeof(acts_layout) / sizeof(acts_layout[0]); i++) {
         *acts_layout[i].ptr = cursor;
         cursor += acts_layout[i].floats;
+    }
+
+    // row attention: a context per layer; exchange buffers shared by the layers unless a
+    // strategy keeps state from forward to backward
+    model->row_attn = (RowAttention*)callocCheck((size_t)L * sizeof(RowAttention));
+    RowCapacity row_cap = {cap.max_B, cap.max_R_global, cap.max_F + 1, E, h};
+    size_t shared_floats = 0, total_floats = 0;
+    for (int l = 0; l < L; l++) {
+        RowStrategy st = par->row_strategy ? par->row_strategy[l] : ROW_LOCAL;
+        size_t n = row_attention_scratch_floats(st, row_cap, par->seq->size);
+        if (row_attention_keeps_state(st)) total_floats += n;
+        else if (n > shared_floats) shared_floats = n;
+    }
+    total_floats += shared_floats;
+    model->row_scratch = total_floats ? (float*)device_malloc(total_floats * sizeof(float)) : NULL;
+    float* own = model->row_scratch + shared_floats;
+    for (int l = 0; l < L; l++) {
+        RowAttention* ra = &model->row_attn[l];
+        ra->strategy = par->row_strategy ? par->row_strategy[l] : ROW_LOCAL;
+        ra->group = par->seq;
+        ra->overlap = par->overlap;
+        ra->E = E;
+        ra->heads = h;
+        ra->cap = row_cap;
+        ra->scratch_floats = row_attention_scratch_floats(ra->strategy, row_cap, par->seq->size);
+        if (row_attention_keeps_state(ra->strategy)) {
+            ra->scratch = own;
+            own += ra->scratch_floats;
+        } else {
+            ra->scratch = model->row_scratch;
+        }
     }
 
     model->x = (float*)device_malloc((size_t)cap.max_inputs * sizeof(float));
@@ -354,6 +408,8 @@ static void tabpfn_free(TabPFN* model) {
     device_free(model->x);
     device_free(model->y);
     device_free(model->stats);
+    device_free(model->row_scratch);
+    free(model->row_attn);
 }
 
 // copies a host batch (x (B, R, F), y (B, R)) to the device
@@ -362,13 +418,21 @@ static void tabpfn_upload_batch(TabPFN* model, const float* x, const float* y, i
     const long C = F + 1;
     if (B > cap.max_B || F > cap.max_F || (long)B * R * C > cap.max_cells || (long)B * R > cap.max_rows)
         mosaic_fail("a batch of %d x %d rows x %d features exceeds the buffers sized at start-up", B, R, F);
-    if (S < 1 || S >= R) mosaic_fail("a batch needs 1 <= train rows < rows, got %d of %d", S, R);
+    if (S < 0 || S > R) mosaic_fail("a batch needs 0 <= train rows <= rows, got %d of %d", S, R);
     device_copy_to_device(model->x, x, (size_t)B * R * F * sizeof(float));
     device_copy_to_device(model->y, y, (size_t)B * R * sizeof(float));
     model->B = B;
     model->R = R;
     model->F = F;
     model->S = S;
+    model->S_global = S;
+    model->T_global = R - S;
+}
+
+// for a row-sharded batch: the whole tables' train and test rows (every rank the same)
+static void tabpfn_set_global_rows(TabPFN* model, int S_global, int T_global) {
+    model->S_global = S_global;
+    model->T_global = T_global;
 }
 
 // ----------------------------------------------------------------------------
@@ -420,7 +484,8 @@ static void tabpfn_forward(TabPFN* model) {
 
         // attention between rows: every row queries the train rows
         matmul_forward(ra_qkv, ln1, p.ra_in_w + (long)l * 3 * E * E, p.ra_in_b + l * 3 * E, N, E, 3 * E);
-        row_attention_local_forward(ra_o, ra_lse, ra_qkv, B, R, C, S, E, h);
+        row_attention_set_batch(&model->row_attn[l], B, R, C, S, model->S_global, model->T_global);
+        row_attention_forward(&model->row_attn[l], ra_o, ra_lse, ra_qkv);
         matmul_forward(ra_res, ra_o, p.ra_out_w + (long)l * E * E, p.ra_out_b + l * E, N, E, E);
         add_inplace(ra_res, ln1, N * E);
         layernorm_forward(ln2, a.ln2_mean + lN, a.ln2_rstd + lN, ra_res, p.ln2_w + l * E, p.ln2_b + l * E, N, E);
@@ -441,13 +506,13 @@ static void tabpfn_forward(TabPFN* model) {
     matmul_forward(a.logits, a.dec_gelu, p.dec2_w, p.dec2_b, T, H, K);
     crossentropy_forward(a.loss_sum, a.probs, a.logits, model->y, B, R, S, K);
 
-    // the loss is a mean over the test rows of the whole sequence group
+    // the loss is a mean over the test rows of every rank
     double loss_and_count[2];
     float loss_sum;
     device_copy_to_host(&loss_sum, a.loss_sum, sizeof(float));
     loss_and_count[0] = loss_sum;
     loss_and_count[1] = (double)T;
-    comm_allreduce_sum_double(model->seq_comm, loss_and_count, 2);
+    comm_allreduce_sum_double(model->world_comm, loss_and_count, 2);
     model->num_test_rows = loss_and_count[1];
     model->mean_loss = (float)(loss_and_count[0] / loss_and_count[1]);
 }
@@ -498,8 +563,8 @@ static void tabpfn_backward(TabPFN* model) {
                            a.ln2_mean + lN, a.ln2_rstd + lN, N, E);
         matmul_backward(d.dattn, g.ra_out_w + (long)l * E * E, g.ra_out_b + l * E, d.dres, a.ra_o + lN * E,
                         p.ra_out_w + (long)l * E * E, N, E, E);
-        row_attention_local_backward(d.dqkv, d.dattn, a.ra_o + lN * E, a.ra_lse + lN * h, a.ra_qkv + lN * 3 * E, B, R,
-                                     C, S, E, h);
+        row_attention_backward(&model->row_attn[l], d.dqkv, d.dattn, a.ra_o + lN * E, a.ra_lse + lN * h,
+                               a.ra_qkv + lN * 3 * E);
         matmul_backward(d.dtmp, g.ra_in_w + (long)l * 3 * E * E, g.ra_in_b + l * 3 * E, d.dqkv, ln1,
                         p.ra_in_w + (long)l * 3 * E * E, N, E, 3 * E);
         residual_forward(d.dx, d.dres, d.dtmp, N * E);
@@ -519,6 +584,14 @@ static void tabpfn_backward(TabPFN* model) {
     // encoders: the inputs are data, so only the Linear(1 -> E) weights get gradients
     scalar_embed_backward(g.fe_w, g.fe_b, d.dx, a.xnorm, (long)B * R, F, 0, C, E);
     scalar_embed_backward(g.te_w, g.te_b, d.dx, a.ynorm, (long)B * R, 1, F, C, E);
+
+    // parameters are replicated: sum their gradients over every rank, once per step, in
+    // buckets so that one call never exceeds what the transport takes at once
+    const size_t bucket = (size_t)1 << 22;
+    for (size_t off = 0; off < model->num_parameters; off += bucket) {
+        size_t n = model->num_parameters - off < bucket ? model->num_parameters - off : bucket;
+        comm_allreduce_sum(model->world_comm, model->grads_memory + off, n);
+    }
 }
 
 // ----------------------------------------------------------------------------

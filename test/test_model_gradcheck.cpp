@@ -9,11 +9,12 @@
 int main(void) {
     TabPFNConfig config = {8, 2, 12, 2, 3};
     const int B = 2, R = 9, F = 3, S = 5;
-    ActivationCapacity cap = {(long)B * R * (F + 1), (long)B * R, (long)B * R * F, B, F};
+    ActivationCapacity cap = {(long)B * R * (F + 1), (long)B * R, (long)B * R * F, B, F, R};
     Comm comm;
     comm_init_single(&comm);
     TabPFN model;
-    tabpfn_build(&model, config, cap, 1, &comm);
+    ParallelConfig par = parallel_config_single(&comm);
+    tabpfn_build(&model, config, cap, 1, &par);
     tabpfn_init_parameters(&model, 3);
     // random LayerNorm affine parameters, so their gradients are not a special case
     Rng rng;

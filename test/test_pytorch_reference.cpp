@@ -23,11 +23,12 @@ int main(int argc, char** argv) {
            F, S, config.E, config.heads, config.H, config.L, config.outputs, opt.lr_max, opt.weight_decay, opt.total_steps,
            opt.warmup_steps);
 
-    ActivationCapacity cap = {(long)B * R * (F + 1), (long)B * R, (long)B * R * F, B, F};
+    ActivationCapacity cap = {(long)B * R * (F + 1), (long)B * R, (long)B * R * F, B, F, R};
     Comm comm;
     comm_init_single(&comm);
     TabPFN model;
-    tabpfn_build(&model, config, cap, 1, &comm);
+    ParallelConfig par = parallel_config_single(&comm);
+    tabpfn_build(&model, config, cap, 1, &par);
 
     // parameters by PyTorch name into the flat layout
     ParameterInfo info[NUM_PARAMETER_TENSORS];

@@ -1,0 +1,54 @@
+// Row attention, dispatched per layer to the strategy chosen for it. The model calls only
+// row_attention_forward / row_attention_backward; each strategy lives in its own file.
+#pragma once
+#include "row_shard.h"
+#include "row_allgather.h"
+#include "row_ring.h"
+
+// floats of scratch the strategy needs for one layer at the given capacity
+static size_t row_attention_scratch_floats(RowStrategy strategy, RowCapacity cap, int p) {
+    switch (strategy) {
+        case ROW_ALLGATHER: return allgather_attention_scratch_floats(cap, p);
+        case ROW_RING: return ring_attention_scratch_floats(cap, p);
+        default: return 0;
+    }
+}
+
+// strategies that keep state from a layer's forward to its backward need scratch per layer
+static int row_attention_keeps_state(RowStrategy strategy) {
+    (void)strategy;
+    return 0;
+}
+
+// the batch's local and global row counts; every rank of the group calls this alike
+static void row_attention_set_batch(RowAttention* ra, int B, int R, int C, int S, int S_global, int T_global) {
+    ra->B = B;
+    ra->R = R;
+    ra->C = C;
+    ra->S = S;
+    ra->S_global = S_global;
+    ra->T_global = T_global;
+}
+
+// o (B, R, C, E), lse (B*C, heads, R) for the rows held here; qkv (B, R, C, 3E)
+static void row_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
+    switch (ra->strategy) {
+        case ROW_LOCAL: row_attention_local_forward(o, lse, qkv, ra->B, ra->R, ra->C, ra->S, ra->E, ra->heads); break;
+        case ROW_ALLGATHER: allgather_attention_forward(ra, o, lse, qkv); break;
+        case ROW_RING: ring_attention_forward(ra, o, lse, qkv); break;
+        default: mosaic_fail("row attention strategy '%s' is not implemented", row_strategy_names[ra->strategy]);
+    }
+}
+
+// dqkv (B, R, C, 3E) is overwritten
+static void row_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
+                                   const float* qkv) {
+    switch (ra->strategy) {
+        case ROW_LOCAL:
+            row_attention_local_backward(dqkv, dout, o, lse, qkv, ra->B, ra->R, ra->C, ra->S, ra->E, ra->heads);
+            break;
+        case ROW_ALLGATHER: allgather_attention_backward(ra, dqkv, dout, o, lse, qkv); break;
+        case ROW_RING: ring_attention_backward(ra, dqkv, dout, o, lse, qkv); break;
+        default: mosaic_fail("row attention strategy '%s' is not implemented", row_strategy_names[ra->strategy]);
+    }
+}

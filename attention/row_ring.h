@@ -1,0 +1,112 @@
+// Ring attention over the row axis.
+//
+// Forward: the train K/V blocks travel p - 1 steps around the ring. At each step the
+// transfer of the next block is posted before the attention of the current one and waited
+// after it, so the link works while the cores do; partial outputs merge by log-sum-exp.
+// Backward: K/V travel again, and with each block a dK/dV accumulator; every rank adds its
+// share and passes it on, and after p steps each accumulator is back at its owner. dQ stays
+// local. Volume per rank per layer: forward 2 Nt C E b (p - 1)/p, backward twice that.
+#pragma once
+#include "row_shard.h"
+
+enum { RING_TAG_KV = 101, RING_TAG_DKV = 102 };
+
+// buffers: kv[2], dkv_send[2], dkv_recv[2] blocks, one partial output and lse
+static size_t ring_attention_scratch_floats(RowCapacity cap, int p) {
+    size_t block = (size_t)cap.max_B * row_cap_train_block(cap, p) * cap.max_C * 2 * cap.E;
+    size_t rows = (size_t)cap.max_B * row_cap_block(cap, p) * cap.max_C;
+    return 6 * block + rows * cap.E + rows * cap.heads;
+}
+
+typedef struct {
+    float* kv[2];
+    float* dkv_send[2];
+    float* dkv_recv[2];
+    float* o_part;   // (B, R, C, E)
+    float* lse_part; // (B*C, heads, R)
+} RingBuffers;
+
+static RingBuffers ring_buffers(const RowAttention* ra) {
+    const int p = ra->group->size;
+    size_t block = (size_t)ra->cap.max_B * row_cap_train_block(ra->cap, p) * ra->cap.max_C * 2 * ra->cap.E;
+    size_t rows = (size_t)ra->cap.max_B * row_cap_block(ra->cap, p) * ra->cap.max_C;
+    RingBuffers rb;
+    float* s = ra->scratch;
+    for (int i = 0; i < 2; i++) { rb.kv[i] = s; s += block; }
+    for (int i = 0; i < 2; i++) { rb.dkv_send[i] = s; s += block; }
+    for (int i = 0; i < 2; i++) { rb.dkv_recv[i] = s; s += block; }
+    rb.o_part = s;
+    s += rows * ra->cap.E;
+    rb.lse_part = s;
+    return rb;
+}
+
+static inline size_t ring_block_floats(const RowAttention* ra, int owner) {
+    return (size_t)ra->B * row_train_share(ra, owner) * ra->C * 2 * ra->E;
+}
+
+// o (B, R, C, E), lse (B*C, heads, R) for this rank's rows; qkv (B, R, C, 3E)
+static void ring_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
+    Comm* g = ra->group;
+    const int p = g->size, me = g->rank, next = (me + 1) % p, prev = (me + p - 1) % p;
+    RingBuffers rb = ring_buffers(ra);
+    pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+    for (int t = 0; t < p; t++) {
+        const int owner = (me - t + p) % p, incoming = (me - t - 1 + 2 * p) % p;
+        const float* kv = rb.kv[t % 2];
+        CommRequest send, recv;
+        const int more = t < p - 1;
+        if (more) {
+            comm_send_post(&send, g, kv, ring_block_floats(ra, owner), next, RING_TAG_KV);
+            comm_recv_post(&recv, g, rb.kv[(t + 1) % 2], ring_block_floats(ra, incoming), prev, RING_TAG_KV);
+            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+        }
+        if (t == 0) {
+            row_block_forward(ra, o, lse, qkv, kv, row_train_share(ra, owner));
+        } else {
+            row_block_forward(ra, rb.o_part, rb.lse_part, qkv, kv, row_train_share(ra, owner));
+            row_merge(ra, o, lse, rb.o_part, rb.lse_part);
+        }
+        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+    }
+}
+
+// dqkv (B, R, C, 3E) is overwritten
+static void ring_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
+                                    const float* qkv) {
+    Comm* g = ra->group;
+    const int p = g->size, me = g->rank, next = (me + 1) % p, prev = (me + p - 1) % p;
+    RingBuffers rb = ring_buffers(ra);
+    fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
+    pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+    CommRequest dkv_send = {}, dkv_recv = {};
+    for (int t = 0; t < p; t++) {
+        const int owner = (me - t + p) % p, incoming = (me - t - 1 + 2 * p) % p;
+        const float* kv = rb.kv[t % 2];
+        float* dkv = rb.dkv_send[t % 2];
+        CommRequest send, recv;
+        const int more = t < p - 1;
+        if (more) {
+            comm_send_post(&send, g, kv, ring_block_floats(ra, owner), next, RING_TAG_KV);
+            comm_recv_post(&recv, g, rb.kv[(t + 1) % 2], ring_block_floats(ra, incoming), prev, RING_TAG_KV);
+            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+        }
+        // this rank's share of the block's gradient, while the accumulator so far is in flight
+        fill_zero(dkv, (long)ring_block_floats(ra, owner));
+        row_block_backward(ra, dqkv, dkv, dout, o, lse, qkv, kv, row_train_share(ra, owner));
+        if (t > 0) {
+            comm_wait(&dkv_recv);
+            add_into(dkv, rb.dkv_recv[t % 2], (long)ring_block_floats(ra, owner));
+            comm_wait(&dkv_send); // the send of step t - 1 used the other buffer
+        }
+        // pass the accumulator on; after the last step it reaches the block's owner (next)
+        comm_send_post(&dkv_send, g, dkv, ring_block_floats(ra, owner), next, RING_TAG_DKV);
+        comm_recv_post(&dkv_recv, g, rb.dkv_recv[(t + 1) % 2], ring_block_floats(ra, incoming), prev, RING_TAG_DKV);
+        if (!ra->overlap) { comm_wait(&dkv_send); comm_wait(&dkv_recv); }
+        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+    }
+    // our own block's accumulator, complete, from the previous rank
+    comm_wait(&dkv_recv);
+    comm_wait(&dkv_send);
+    unpack_kv_rows_add(dqkv, rb.dkv_recv[p % 2], ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+}

@@ -1,0 +1,90 @@
+// What every row-axis strategy shares: the context of one layer's row attention on a rank
+// whose rows are one share of a sequence-parallel group.
+//
+// Rank k of p holds, of every dataset, the k-th share of the train rows followed by the
+// k-th share of the test rows (dataloader/row_shard.h), so locally rows [0, S) are train rows
+// and the K/V block of rank k is rows [0, S_k) of its q/k/v buffer.
+#pragma once
+#include "flash_attention_cpu.h"
+#include "axis_attention.h"
+#include "shard_ops_cpu.h"
+#include "../comm/comm.h"
+#include "../dataloader/row_shard.h"
+
+typedef enum {
+    ROW_LOCAL,        // whole tables on this rank (p = 1)
+    ROW_ALLGATHER,    // gather all train K/V, reduce-scatter dK/dV
+    ROW_RING,         // K/V blocks travel around the ring, overlapped with compute
+    ROW_MESH2D,       // r x c grid: Q over the row group, K/V over the column group
+    ROW_A2A,          // all-to-all to (dataset, column, head) problems and back
+    ROW_COMPOSED,     // a2a over one mesh dimension x ring over the other
+    ROW_HIERARCHICAL, // composed, the dimensions being node-local ranks and nodes
+    ROW_AUTO,         // chosen by the cost model at start-up
+    ROW_NUM_STRATEGIES
+} RowStrategy;
+
+static const char* row_strategy_names[ROW_NUM_STRATEGIES] = {"local", "allgather", "ring", "mesh2d", "a2a",
+                                                             "composed", "hierarchical", "auto"};
+
+static inline int row_strategy_from_name(const char* name) {
+    for (int i = 0; i < ROW_NUM_STRATEGIES; i++)
+        if (!strcmp(name, row_strategy_names[i])) return i;
+    return -1;
+}
+
+// sizes the buffers are built for
+typedef struct {
+    int max_B;      // datasets per rank
+    int max_R;      // rows of a whole table (global)
+    int max_C;      // columns
+    int E, heads;
+} RowCapacity;
+
+typedef struct {
+    RowStrategy strategy;
+    Comm* group;  // the sequence-parallel group: rows are split over its p ranks
+    int overlap;  // 1: post transfers before the compute they hide behind; 0: wait at once
+    // the current batch: local sizes, and the global row counts that fix every rank's share
+    int B, R, C, S, E, heads;
+    int S_global, T_global;
+    // buffers owned by the strategy, sized once by its *_scratch_floats
+    float* scratch;
+    size_t scratch_floats;
+    RowCapacity cap;
+} RowAttention;
+
+// train rows held by rank k of the group, and its rows in all
+static inline int row_train_share(const RowAttention* ra, int k) { return share_count(ra->S_global, ra->group->size, k); }
+static inline int row_share(const RowAttention* ra, int k) {
+    return share_count(ra->S_global, ra->group->size, k) + share_count(ra->T_global, ra->group->size, k);
+}
+// the largest of those over the group, for buffer sizes
+static inline int row_cap_train_block(RowCapacity cap, int p) { return ceil_div(cap.max_R, p); }
+static inline int row_cap_block(RowCapacity cap, int p) { return 2 * ceil_div(cap.max_R, p) + 1; }
+
+static inline float row_attention_scale(const RowAttention* ra) { return 1.0f / sqrtf((float)(ra->E / ra->heads)); }
+
+// attention of this rank's queries (all its rows) against one K/V block kv (B, rows, C, 2E)
+static inline void row_block_forward(const RowAttention* ra, float* o, float* lse, const float* qkv, const float* kv,
+                                     int kv_rows) {
+    const int E = ra->E, d = E / ra->heads;
+    flash_attention_forward(o, lse, qkv, kv, kv + E, row_axis_layout(ra->R, ra->C, 3 * E),
+                            row_axis_layout(kv_rows, ra->C, 2 * E), row_axis_layout(ra->R, ra->C, E), ra->B * ra->C,
+                            ra->heads, ra->R, kv_rows, d, row_attention_scale(ra));
+}
+
+// the backward of row_block_forward: dqkv's q part += dQ, dkv (B, rows, C, 2E) += dK, dV
+static inline void row_block_backward(const RowAttention* ra, float* dqkv, float* dkv, const float* dout,
+                                      const float* o, const float* lse, const float* qkv, const float* kv,
+                                      int kv_rows) {
+    const int E = ra->E, d = E / ra->heads;
+    flash_attention_backward(dqkv, dkv, dkv + E, dout, o, lse, qkv, kv, kv + E, row_axis_layout(ra->R, ra->C, 3 * E),
+                             row_axis_layout(kv_rows, ra->C, 2 * E), row_axis_layout(ra->R, ra->C, E), ra->B * ra->C,
+                             ra->heads, ra->R, kv_rows, d, row_attention_scale(ra));
+}
+
+// merge a block's partial result into the running one (both in the local o layout)
+static inline void row_merge(const RowAttention* ra, float* o, float* lse, const float* o_part, const float* lse_part) {
+    AxisLayout layout = row_axis_layout(ra->R, ra->C, ra->E);
+    lse_merge(o, lse, o_part, lse_part, layout, layout, ra->B * ra->C, ra->heads, ra->R, ra->E / ra->heads);
+}

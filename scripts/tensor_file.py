@@ -1,0 +1,115 @@
+"""Read and write Mosaic tensor files (named float32 tensors, the format the C++ tests load).
+
+Needs numpy only; runs under Debian's /usr/bin/python3 (apt: python3-numpy) or any Python 3
+with numpy.
+
+Layout, little-endian:
+  header: 256 int32: [0] magic 0x4D535446, [1] version 1, [2] number of tensors, rest 0
+  per tensor: int32 name_len, name (UTF-8, no terminator), int32 ndim, int32 dims[ndim],
+              float32 data in C order (prod(dims) values; 1 value when ndim is 0)
+
+Usage:
+  /usr/bin/python3 scripts/tensor_file.py --self-test   # write, read back, compare; exit 1 on mismatch
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+MAGIC = 0x4D535446
+VERSION = 1
+HEADER_INTS = 256
+
+
+def write_tensors(path, tensors):
+    """Write an ordered mapping name -> array-like (numpy array, list, detached CPU tensor)."""
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0] = MAGIC
+    header[1] = VERSION
+    header[2] = len(tensors)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        for name, value in tensors.items():
+            data = np.array(value, dtype="<f4", order="C")  # not ascontiguousarray: it makes 0-d into 1-d
+            encoded = name.encode("utf-8")
+            f.write(np.array([len(encoded)], dtype="<i4").tobytes())
+            f.write(encoded)
+            f.write(np.array([data.ndim] + list(data.shape), dtype="<i4").tobytes())
+            f.write(data.tobytes())
+
+
+def read_tensors(path):
+    """Return a dict name -> float32 numpy array, in file order."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    if len(blob) < 4 * HEADER_INTS:
+        raise ValueError(f"{path}: shorter than the {4 * HEADER_INTS}-byte header")
+    header = np.frombuffer(blob, dtype="<i4", count=HEADER_INTS)
+    if header[0] != MAGIC or header[1] != VERSION:
+        raise ValueError(f"{path}: bad magic/version {header[0]:#x}/{header[1]}, "
+                         f"expected {MAGIC:#x}/{VERSION}")
+    pos = 4 * HEADER_INTS
+
+    def take_ints(count):
+        nonlocal pos
+        if pos + 4 * count > len(blob):
+            raise ValueError(f"{path}: truncated at byte {pos}")
+        out = np.frombuffer(blob, dtype="<i4", count=count, offset=pos)
+        pos += 4 * count
+        return [int(v) for v in out]
+
+    tensors = {}
+    for _ in range(int(header[2])):
+        (name_len,) = take_ints(1)
+        name = blob[pos:pos + name_len].decode("utf-8")
+        pos += name_len
+        (ndim,) = take_ints(1)
+        dims = take_ints(ndim)
+        count = int(np.prod(dims, dtype=np.int64))
+        if pos + 4 * count > len(blob):
+            raise ValueError(f"{path}: tensor '{name}' truncated")
+        tensors[name] = np.frombuffer(blob, dtype="<f4", count=count, offset=pos).reshape(tuple(dims)).copy()
+        pos += 4 * count
+    if pos != len(blob):
+        raise ValueError(f"{path}: {len(blob) - pos} trailing bytes after the last tensor")
+    return tensors
+
+
+def self_test():
+    rng = np.random.default_rng(0)
+    expected = {
+        "config": np.arange(13, dtype=np.float32),
+        "matrix": rng.standard_normal((3, 5)).astype(np.float32),
+        "cube.with.dots": rng.standard_normal((2, 1, 4)).astype(np.float32),
+        "scalar": np.array(1.5, dtype=np.float32),
+        "empty": np.zeros((0, 3), dtype=np.float32),
+        "ünïcode": np.array([-0.0, np.inf, 1e-30], dtype=np.float32),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "self_test.bin")
+        write_tensors(path, expected)
+        got = read_tensors(path)
+    ok = list(got) == list(expected)
+    for name, value in expected.items():
+        same = name in got and got[name].shape == value.shape and got[name].tobytes() == value.tobytes()
+        if not same:
+            print(f"tensor_file self-test: mismatch in '{name}'", file=sys.stderr)
+        ok = ok and same
+    print("tensor_file self-test: " + ("ok" if ok else "FAILED"))
+    return ok
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--self-test", action="store_true", help="write tensors, read them back, compare")
+    args = parser.parse_args()
+    if not args.self_test:
+        parser.print_help()
+        return 2
+    return 0 if self_test() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
