@@ -21,7 +21,7 @@ comma := ,
 HEADERS := $(wildcard model/*.h attention/*.h comm/*.h dataloader/*.h test/*.h)
 
 TESTS := build/test_ops_gradcheck build/test_flash_attention build/test_model_gradcheck \
-         build/test_dataloader build/test_pytorch_reference
+         build/test_dataloader build/test_pytorch_reference build/test_sharded
 
 .PHONY: all test bench clean
 all: train_tabpfn

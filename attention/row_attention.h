@@ -4,13 +4,32 @@
 #include "row_shard.h"
 #include "row_allgather.h"
 #include "row_ring.h"
+#include "row_a2a.h"
+#include "row_mesh2d.h"
+#include "row_composed.h"
 
 // floats of scratch the strategy needs for one layer at the given capacity
 static size_t row_attention_scratch_floats(RowStrategy strategy, RowCapacity cap, int p) {
     switch (strategy) {
         case ROW_ALLGATHER: return allgather_attention_scratch_floats(cap, p);
         case ROW_RING: return ring_attention_scratch_floats(cap, p);
+        case ROW_A2A: return a2a_attention_scratch_floats(cap, p);
+        case ROW_MESH2D: return mesh2d_attention_scratch_floats(cap, p);
+        case ROW_COMPOSED:
+        case ROW_HIERARCHICAL: return composed_attention_scratch_floats(cap, p);
         default: return 0;
+    }
+}
+
+static int row_strategy_implemented(RowStrategy strategy) {
+    return strategy == ROW_LOCAL || strategy == ROW_ALLGATHER || strategy == ROW_RING;
+}
+
+// whether the strategy can run on a group of p ranks (grid shapes, node counts)
+static int row_strategy_fits(RowStrategy strategy, int p) {
+    switch (strategy) {
+        case ROW_LOCAL: return p == 1;
+        default: return 1;
     }
 }
 
@@ -32,10 +51,14 @@ static void row_attention_set_batch(RowAttention* ra, int B, int R, int C, int S
 
 // o (B, R, C, E), lse (B*C, heads, R) for the rows held here; qkv (B, R, C, 3E)
 static void row_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
-    switch (ra->strategy) {
+    switch (ra->group->size == 1 ? ROW_LOCAL : ra->strategy) { // a group of one holds whole tables
         case ROW_LOCAL: row_attention_local_forward(o, lse, qkv, ra->B, ra->R, ra->C, ra->S, ra->E, ra->heads); break;
         case ROW_ALLGATHER: allgather_attention_forward(ra, o, lse, qkv); break;
         case ROW_RING: ring_attention_forward(ra, o, lse, qkv); break;
+        case ROW_A2A: a2a_attention_forward(ra, o, lse, qkv); break;
+        case ROW_MESH2D: mesh2d_attention_forward(ra, o, lse, qkv); break;
+        case ROW_COMPOSED:
+        case ROW_HIERARCHICAL: composed_attention_forward(ra, o, lse, qkv); break;
         default: mosaic_fail("row attention strategy '%s' is not implemented", row_strategy_names[ra->strategy]);
     }
 }
@@ -43,12 +66,16 @@ static void row_attention_forward(RowAttention* ra, float* o, float* lse, const 
 // dqkv (B, R, C, 3E) is overwritten
 static void row_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
                                    const float* qkv) {
-    switch (ra->strategy) {
+    switch (ra->group->size == 1 ? ROW_LOCAL : ra->strategy) {
         case ROW_LOCAL:
             row_attention_local_backward(dqkv, dout, o, lse, qkv, ra->B, ra->R, ra->C, ra->S, ra->E, ra->heads);
             break;
         case ROW_ALLGATHER: allgather_attention_backward(ra, dqkv, dout, o, lse, qkv); break;
         case ROW_RING: ring_attention_backward(ra, dqkv, dout, o, lse, qkv); break;
+        case ROW_A2A: a2a_attention_backward(ra, dqkv, dout, o, lse, qkv); break;
+        case ROW_MESH2D: mesh2d_attention_backward(ra, dqkv, dout, o, lse, qkv); break;
+        case ROW_COMPOSED:
+        case ROW_HIERARCHICAL: composed_attention_backward(ra, dqkv, dout, o, lse, qkv); break;
         default: mosaic_fail("row attention strategy '%s' is not implemented", row_strategy_names[ra->strategy]);
     }
 }

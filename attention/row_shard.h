@@ -38,12 +38,24 @@ typedef struct {
     int max_R;      // rows of a whole table (global)
     int max_C;      // columns
     int E, heads;
+    int mesh_r, mesh_c; // grid of the group for the 2-D strategies (1 x p when there is none)
 } RowCapacity;
 
 typedef struct {
     RowStrategy strategy;
     Comm* group;  // the sequence-parallel group: rows are split over its p ranks
     int overlap;  // 1: post transfers before the compute they hide behind; 0: wait at once
+    // the 2-D view of the group used by mesh2d, composed and hierarchical: rank k sits at
+    // (i, j) = (k / c, k % c); mesh_row = the c ranks (i, *), contiguous in k (for
+    // hierarchical: the ranks of one node); mesh_col = the r ranks (*, j)
+    Comm* mesh_row;
+    Comm* mesh_col;
+    RowStrategy inner; // composed/hierarchical: strategy over mesh_row (a2a or allgather)
+    RowStrategy outer; // composed/hierarchical: strategy over mesh_col (ring or allgather)
+    // member k of the group holds the unit consecutive shares [k * unit, (k + 1) * unit) of
+    // the rows split into size * unit shares (1, unless a composed strategy runs this one
+    // over groups of ranks)
+    int unit;
     // the current batch: local sizes, and the global row counts that fix every rank's share
     int B, R, C, S, E, heads;
     int S_global, T_global;
@@ -53,10 +65,15 @@ typedef struct {
     RowCapacity cap;
 } RowAttention;
 
-// train rows held by rank k of the group, and its rows in all
-static inline int row_train_share(const RowAttention* ra, int k) { return share_count(ra->S_global, ra->group->size, k); }
+// train rows held by member k of the group, and its rows in all
+static inline int row_train_share(const RowAttention* ra, int k) {
+    const int shares = ra->group->size * ra->unit;
+    return share_start(ra->S_global, shares, (k + 1) * ra->unit) - share_start(ra->S_global, shares, k * ra->unit);
+}
 static inline int row_share(const RowAttention* ra, int k) {
-    return share_count(ra->S_global, ra->group->size, k) + share_count(ra->T_global, ra->group->size, k);
+    const int shares = ra->group->size * ra->unit;
+    return row_train_share(ra, k) + share_start(ra->T_global, shares, (k + 1) * ra->unit) -
+           share_start(ra->T_global, shares, k * ra->unit);
 }
 // the largest of those over the group, for buffer sizes
 static inline int row_cap_train_block(RowCapacity cap, int p) { return ceil_div(cap.max_R, p); }

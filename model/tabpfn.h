@@ -169,11 +169,16 @@ typedef struct {
     Comm* world;        // every rank: the loss and the gradients are summed over it
     RowStrategy* row_strategy; // (L) per layer; NULL: ROW_LOCAL everywhere
     int overlap;        // post transfers before the compute that hides them
+    // the seq group as an r x c grid, for mesh2d / composed / hierarchical (else NULL):
+    // mesh_row = the c ranks with the same k / c, mesh_col = the r ranks with the same k % c
+    Comm* mesh_row;
+    Comm* mesh_col;
+    RowStrategy inner, outer; // composed / hierarchical: per mesh dimension
 } ParallelConfig;
 
 // one process: every group is this process alone, every layer attends locally
 static inline ParallelConfig parallel_config_single(Comm* comm) {
-    ParallelConfig par = {comm, comm, NULL, 1};
+    ParallelConfig par = {comm, comm, NULL, 1, NULL, NULL, ROW_A2A, ROW_RING};
     return par;
 }
 
@@ -340,7 +345,8 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
     // row attention: a context per layer; exchange buffers shared by the layers unless a
     // strategy keeps state from forward to backward
     model->row_attn = (RowAttention*)callocCheck((size_t)L * sizeof(RowAttention));
-    RowCapacity row_cap = {cap.max_B, cap.max_R_global, cap.max_F + 1, E, h};
+    RowCapacity row_cap = {cap.max_B, cap.max_R_global, cap.max_F + 1, E, h, par->mesh_col ? par->mesh_col->size : 1,
+                           par->mesh_row ? par->mesh_row->size : par->seq->size};
     size_t shared_floats = 0, total_floats = 0;
     for (int l = 0; l < L; l++) {
         RowStrategy st = par->row_strategy ? par->row_strategy[l] : ROW_LOCAL;
@@ -356,6 +362,11 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
         ra->strategy = par->row_strategy ? par->row_strategy[l] : ROW_LOCAL;
         ra->group = par->seq;
         ra->overlap = par->overlap;
+        ra->mesh_row = par->mesh_row;
+        ra->mesh_col = par->mesh_col;
+        ra->inner = par->inner;
+        ra->outer = par->outer;
+        ra->unit = 1;
         ra->E = E;
         ra->heads = h;
         ra->cap = row_cap;

@@ -4,6 +4,7 @@
 #include "../model/common.h"
 
 static int tests_passed = 0, tests_failed = 0;
+static int tests_quiet_ok = 0; // print only failures (other MPI ranks than the reporting one)
 
 // max |a - b| over n, and whether every element satisfies |a - b| <= atol + rtol * |b|
 template <typename TA, typename TB>
@@ -23,7 +24,7 @@ static int allclose_report(const char* what, const TA* a, const TB* b, long n, d
     }
     if (ok) {
         tests_passed++;
-        printf("ok    %-60s max err %.3e (max |ref| %.3e, n %ld)\n", what, max_err, max_ref, n);
+        if (!tests_quiet_ok) printf("ok    %-60s max err %.3e (max |ref| %.3e, n %ld)\n", what, max_err, max_ref, n);
     } else {
         tests_failed++;
         printf("FAIL  %-60s max err %.3e at %ld: got %.9g want %.9g (atol %.1e rtol %.1e)\n", what, max_err, worst,
@@ -35,7 +36,7 @@ static int allclose_report(const char* what, const TA* a, const TB* b, long n, d
 static void check_true(const char* what, int cond) {
     if (cond) {
         tests_passed++;
-        printf("ok    %s\n", what);
+        if (!tests_quiet_ok) printf("ok    %s\n", what);
     } else {
         tests_failed++;
         printf("FAIL  %s\n", what);
