@@ -2,6 +2,11 @@
 #pragma once
 #include "row_shard.h"
 
+// the dispatcher asks these: set implemented to 1 when the strategy works; keeps_state when
+// a layer's forward leaves state in its scratch for the same layer's backward
+static int a2a_attention_implemented(void) { return 0; }
+static int a2a_attention_keeps_state(void) { return 0; }
+
 static size_t a2a_attention_scratch_floats(RowCapacity cap, int p) {
     (void)cap; (void)p;
     return 0;

@@ -22,7 +22,16 @@ static size_t row_attention_scratch_floats(RowStrategy strategy, RowCapacity cap
 }
 
 static int row_strategy_implemented(RowStrategy strategy) {
-    return strategy == ROW_LOCAL || strategy == ROW_ALLGATHER || strategy == ROW_RING;
+    switch (strategy) {
+        case ROW_LOCAL:
+        case ROW_ALLGATHER:
+        case ROW_RING: return 1;
+        case ROW_A2A: return a2a_attention_implemented();
+        case ROW_MESH2D: return mesh2d_attention_implemented();
+        case ROW_COMPOSED:
+        case ROW_HIERARCHICAL: return composed_attention_implemented();
+        default: return 0;
+    }
 }
 
 // whether the strategy can run on a group of p ranks (grid shapes, node counts)
@@ -35,8 +44,13 @@ static int row_strategy_fits(RowStrategy strategy, int p) {
 
 // strategies that keep state from a layer's forward to its backward need scratch per layer
 static int row_attention_keeps_state(RowStrategy strategy) {
-    (void)strategy;
-    return 0;
+    switch (strategy) {
+        case ROW_A2A: return a2a_attention_keeps_state();
+        case ROW_MESH2D: return mesh2d_attention_keeps_state();
+        case ROW_COMPOSED:
+        case ROW_HIERARCHICAL: return composed_attention_keeps_state();
+        default: return 0;
+    }
 }
 
 // the batch's local and global row counts; every rank of the group calls this alike
