@@ -14,10 +14,12 @@ typedef struct {
     int rank;            // this process's rank in the group
     int size;            // ranks in the group
     uint64_t bytes_sent; // payload this rank has sent through this group
+    double wait_seconds; // time blocked in waits and collectives: communication not hidden
 } Comm;
 
 typedef struct {
     MPI_Request request;
+    Comm* comm; // whose wait_seconds the wait adds to
 } CommRequest;
 
 // an MPI error names the call and the site, then takes the whole job down
@@ -39,6 +41,7 @@ static inline void comm_init_single(Comm* comm) {
     comm->rank = 0;
     comm->size = 1;
     comm->bytes_sent = 0;
+    comm->wait_seconds = 0.0;
 }
 
 // one failing rank must not leave the others blocked in a collective
@@ -54,11 +57,16 @@ static void comm_init_world(Comm* world, int* argc, char*** argv) {
     MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
     // errors come back to MPI_CHECK, which prints where, then aborts the job
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    mosaic_abort_hook = comm_abort_world;
     world->mpi = MPI_COMM_WORLD;
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world->rank));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world->size));
+    // alone, an error is an ordinary exit (MPI_Abort would add a banner to the one line)
+    if (world->size > 1) {
+        mosaic_abort_hook = comm_abort_world;
+        mosaic_error_rank = world->rank;
+    }
     world->bytes_sent = 0;
+    world->wait_seconds = 0.0;
 }
 
 static void comm_finalize(void) {
@@ -79,6 +87,7 @@ static void comm_split(Comm* out, const Comm* parent, int color, int key) {
     MPI_CHECK(MPI_Comm_rank(out->mpi, &out->rank));
     MPI_CHECK(MPI_Comm_size(out->mpi, &out->size));
     out->bytes_sent = 0;
+    out->wait_seconds = 0.0;
     if (out->size == 1) { // a group of one never needs MPI
         MPI_Comm_free(&out->mpi);
         comm_init_single(out);
@@ -91,15 +100,21 @@ static void comm_split(Comm* out, const Comm* parent, int color, int key) {
 static void comm_send_post(CommRequest* req, Comm* comm, const float* buf, size_t count, int peer, int tag) {
     MOSAIC_CHECK(count <= (size_t)INT32_MAX, "message too large for one MPI call");
     MPI_CHECK(MPI_Isend(buf, (int)count, MPI_FLOAT, peer, tag, comm->mpi, &req->request));
+    req->comm = comm;
     comm->bytes_sent += count * sizeof(float);
 }
 
 static void comm_recv_post(CommRequest* req, Comm* comm, float* buf, size_t count, int peer, int tag) {
     MOSAIC_CHECK(count <= (size_t)INT32_MAX, "message too large for one MPI call");
     MPI_CHECK(MPI_Irecv(buf, (int)count, MPI_FLOAT, peer, tag, comm->mpi, &req->request));
+    req->comm = comm;
 }
 
-static void comm_wait(CommRequest* req) { MPI_CHECK(MPI_Wait(&req->request, MPI_STATUS_IGNORE)); }
+static void comm_wait(CommRequest* req) {
+    double t0 = wall_seconds();
+    MPI_CHECK(MPI_Wait(&req->request, MPI_STATUS_IGNORE));
+    if (req->comm) req->comm->wait_seconds += wall_seconds() - t0;
+}
 
 // ----------------------------------------------------------------------------
 // collectives (floats unless named otherwise)
@@ -110,7 +125,9 @@ static void comm_allgather(Comm* comm, float* out, const float* in, size_t count
         if (out != in) memcpy(out, in, count * sizeof(float));
         return;
     }
+    double t0 = wall_seconds();
     MPI_CHECK(MPI_Allgather(in, (int)count, MPI_FLOAT, out, (int)count, MPI_FLOAT, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
     comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
 }
 
@@ -122,8 +139,10 @@ static void comm_alltoallv(Comm* comm, float* out, const int* recv_counts, const
         memcpy(out + recv_offsets[0], in + send_offsets[0], (size_t)send_counts[0] * sizeof(float));
         return;
     }
+    double t0 = wall_seconds();
     MPI_CHECK(MPI_Alltoallv(in, send_counts, send_offsets, MPI_FLOAT, out, recv_counts, recv_offsets, MPI_FLOAT,
                             comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
     for (int r = 0; r < comm->size; r++)
         if (r != comm->rank) comm->bytes_sent += (uint64_t)send_counts[r] * sizeof(float);
 }
@@ -131,13 +150,17 @@ static void comm_alltoallv(Comm* comm, float* out, const int* recv_counts, const
 // buf (count) = sum over ranks, identical everywhere. Ring-algorithm volume: 2 (p-1)/p.
 static void comm_allreduce_sum(Comm* comm, float* buf, size_t count) {
     if (comm->size == 1) return;
+    double t0 = wall_seconds();
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
     comm->bytes_sent += 2 * (uint64_t)(comm->size - 1) * count * sizeof(float) / comm->size;
 }
 
 static void comm_allreduce_sum_double(Comm* comm, double* buf, size_t count) {
     if (comm->size == 1) return;
+    double t0 = wall_seconds();
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_DOUBLE, MPI_SUM, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
     comm->bytes_sent += 2 * (uint64_t)(comm->size - 1) * count * sizeof(double) / comm->size;
 }
 
@@ -147,7 +170,9 @@ static void comm_reduce_scatter_sum(Comm* comm, float* out, const float* in, siz
         if (out != in) memcpy(out, in, count * sizeof(float));
         return;
     }
+    double t0 = wall_seconds();
     MPI_CHECK(MPI_Reduce_scatter_block(in, out, (int)count, MPI_FLOAT, MPI_SUM, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
     comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
 }
 
@@ -174,4 +199,18 @@ static long comm_allreduce_min_long(Comm* comm, long value) {
     long out;
     MPI_CHECK(MPI_Allreduce(&value, &out, 1, MPI_LONG, MPI_MIN, comm->mpi));
     return out;
+}
+
+// equal-count all-to-all: block r of in (size * count) goes to rank r; block r of out
+// (size * count) is what rank r sent to this one
+static void comm_alltoall(Comm* comm, float* out, const float* in, size_t count) {
+    if (comm->size == 1) {
+        if (out != in) memcpy(out, in, count * sizeof(float));
+        return;
+    }
+    MOSAIC_CHECK(count <= (size_t)INT32_MAX, "message too large for one MPI call");
+    double t0 = wall_seconds();
+    MPI_CHECK(MPI_Alltoall(in, (int)count, MPI_FLOAT, out, (int)count, MPI_FLOAT, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
+    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
 }

@@ -17,6 +17,8 @@
 
 typedef void (*mosaic_abort_fn)(int code);
 static mosaic_abort_fn mosaic_abort_hook = NULL;
+static int mosaic_error_rank = -1; // under mpirun errors name the rank that raised them
+static int mosaic_error_quiet = 0; // set while every rank checks the same flags: rank 0 speaks for all
 
 static inline void mosaic_exit(int code) {
     fflush(stdout);
@@ -27,12 +29,20 @@ static inline void mosaic_exit(int code) {
 
 // user-facing error (bad flag, bad file): "mosaic: error: <message>"
 static inline void mosaic_fail(const char* fmt, ...) {
+    if (mosaic_error_quiet) mosaic_exit(1);
+    // one write: under mpirun, pieces of a line could interleave with other output
+    char line[2048];
+    int n = snprintf(line, sizeof(line), "mosaic: error: ");
+    if (mosaic_error_rank >= 0) n += snprintf(line + n, sizeof(line) - n, "[rank %d] ", mosaic_error_rank);
     va_list args;
     va_start(args, fmt);
-    fprintf(stderr, "mosaic: error: ");
-    vfprintf(stderr, fmt, args);
-    fprintf(stderr, "\n");
+    n += vsnprintf(line + n, sizeof(line) - n, fmt, args);
     va_end(args);
+    if (n > (int)sizeof(line) - 2) n = (int)sizeof(line) - 2;
+    line[n++] = '\n';
+    line[n] = '\0';
+    fputs(line, stderr);
+    fflush(stderr);
     mosaic_exit(1);
 }
 
