@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of `make test` (which builds them first), prints each one's verdict and a
 # closing "N passed, M failed" over all test programs; exits non-zero if any failed.
-# The PyTorch reference state is regenerated on every run (needs /usr/bin/python3 + torch).
+# The PyTorch reference state is regenerated on every run (needs /usr/bin/python3 + torch);
+# the sharded tests run under mpirun with more ranks than cores (--oversubscribe).
 set -u
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -38,6 +39,12 @@ run test_h5_convert bash test/test_h5_convert.sh
 run test_bad_input bash test/test_bad_input.sh
 run test_checkpoint_resume bash test/test_checkpoint_resume.sh
 run test_train_loss bash test/test_train_loss.sh
+# row sharding under mpirun: every strategy vs one process, then the trainer itself
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+for np in 2 3 4; do
+    run "test_sharded (mpirun -np $np)" env OMP_NUM_THREADS=1 timeout 600 mpirun --oversubscribe -np "$np" ./build/test_sharded
+done
+run test_mpi_train bash test/test_mpi_train.sh
 
 echo
 [ -n "$failed_names" ] && echo "failed:$failed_names"
