@@ -45,10 +45,23 @@ static inline size_t ring_block_floats(const RowAttention* ra, int owner) {
     return (size_t)ra->B * row_train_share(ra, owner) * ra->C * 2 * ra->E;
 }
 
+// posts the hop of K/V block `owner` to the next rank and of block `incoming` from the
+// previous one; without overlap it waits at once, so the transfer is not hidden
+static void ring_pass_kv(RowAttention* ra, CommRequest* send, CommRequest* recv, const float* kv, float* kv_next,
+                         int owner, int incoming) {
+    Comm* g = ra->group;
+    const int p = g->size;
+    comm_send_post(send, g, kv, ring_block_floats(ra, owner), (g->rank + 1) % p, RING_TAG_KV);
+    comm_recv_post(recv, g, kv_next, ring_block_floats(ra, incoming), (g->rank + p - 1) % p, RING_TAG_KV);
+    if (!ra->overlap) {
+        comm_wait(send);
+        comm_wait(recv);
+    }
+}
+
 // o (B, R, C, E), lse (B*C, heads, R) for this rank's rows; qkv (B, R, C, 3E)
 static void ring_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
-    Comm* g = ra->group;
-    const int p = g->size, me = g->rank, next = (me + 1) % p, prev = (me + p - 1) % p;
+    const int p = ra->group->size, me = ra->group->rank;
     RingBuffers rb = ring_buffers(ra);
     pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
     for (int t = 0; t < p; t++) {
@@ -56,11 +69,7 @@ static void ring_attention_forward(RowAttention* ra, float* o, float* lse, const
         const float* kv = rb.kv[t % 2];
         CommRequest send, recv;
         const int more = t < p - 1;
-        if (more) {
-            comm_send_post(&send, g, kv, ring_block_floats(ra, owner), next, RING_TAG_KV);
-            comm_recv_post(&recv, g, rb.kv[(t + 1) % 2], ring_block_floats(ra, incoming), prev, RING_TAG_KV);
-            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
-        }
+        if (more) ring_pass_kv(ra, &send, &recv, kv, rb.kv[(t + 1) % 2], owner, incoming);
         if (t == 0) {
             row_block_forward(ra, o, lse, qkv, kv, row_train_share(ra, owner));
         } else {
@@ -86,11 +95,7 @@ static void ring_attention_backward(RowAttention* ra, float* dqkv, const float* 
         float* dkv = rb.dkv_send[t % 2];
         CommRequest send, recv;
         const int more = t < p - 1;
-        if (more) {
-            comm_send_post(&send, g, kv, ring_block_floats(ra, owner), next, RING_TAG_KV);
-            comm_recv_post(&recv, g, rb.kv[(t + 1) % 2], ring_block_floats(ra, incoming), prev, RING_TAG_KV);
-            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
-        }
+        if (more) ring_pass_kv(ra, &send, &recv, kv, rb.kv[(t + 1) % 2], owner, incoming);
         // this rank's share of the block's gradient, while the accumulator so far is in flight
         fill_zero(dkv, (long)ring_block_floats(ra, owner));
         row_block_backward(ra, dqkv, dkv, dout, o, lse, qkv, kv, row_train_share(ra, owner));

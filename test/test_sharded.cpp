@@ -36,6 +36,18 @@ static TabPFNConfig test_config(void) {
 
 static Comm world;
 
+// ten AdamW steps on the batch already uploaded; losses (10) before each update
+static void train_ten_steps(float* losses, TabPFN* model) {
+    OptimizerConfig opt = {3e-3f, 3, 10, 0.01f, 0.9f, 0.999f, 1e-8f, 1.0f};
+    for (int step = 0; step < 10; step++) {
+        tabpfn_zero_grad(model);
+        tabpfn_forward(model);
+        losses[step] = model->mean_loss;
+        tabpfn_backward(model);
+        tabpfn_update(model, &opt, step);
+    }
+}
+
 // runs one layout on one case; returns failures on this rank
 static int run_case(const ShardCase* sc, const Layout* lay, const TableBatch* global, TabPFN* ref,
                     const float* ref_grads, const float* ref_logits, const float* ref_losses) {
@@ -116,15 +128,8 @@ static int run_case(const ShardCase* sc, const Layout* lay, const TableBatch* gl
     free(first);
 
     // ten optimizer steps on the same batch
-    OptimizerConfig opt = {3e-3f, 3, 10, 0.01f, 0.9f, 0.999f, 1e-8f, 1.0f};
     float losses[10];
-    for (int step = 0; step < 10; step++) {
-        tabpfn_zero_grad(&model);
-        tabpfn_forward(&model);
-        losses[step] = model.mean_loss;
-        tabpfn_backward(&model);
-        tabpfn_update(&model, &opt, step);
-    }
+    train_ten_steps(losses, &model);
     snprintf(what, sizeof(what), "%s: losses of 10 AdamW steps", label);
     allclose_report(what, losses, ref_losses, 10, 5e-5, 0.0);
 
@@ -186,15 +191,8 @@ int main(int argc, char** argv) {
         memcpy(ref_grads, ref.grads_memory, ref.num_parameters * sizeof(float));
         memcpy(ref_logits, ref.acts.logits, (size_t)T * config.outputs * sizeof(float));
         memcpy(init_params, ref.params_memory, ref.num_parameters * sizeof(float));
-        OptimizerConfig opt = {3e-3f, 3, 10, 0.01f, 0.9f, 0.999f, 1e-8f, 1.0f};
         float ref_losses[10];
-        for (int step = 0; step < 10; step++) {
-            tabpfn_zero_grad(&ref);
-            tabpfn_forward(&ref);
-            ref_losses[step] = ref.mean_loss;
-            tabpfn_backward(&ref);
-            tabpfn_update(&ref, &opt, step);
-        }
+        train_ten_steps(ref_losses, &ref);
         memcpy(ref.params_memory, init_params, ref.num_parameters * sizeof(float));
 
         // every layout that fits: dp x sp = P; each strategy on both layers, then mixed
