@@ -26,7 +26,7 @@ static AllgatherBuffers allgather_buffers(const RowAttention* ra) {
     const int p = ra->group->size;
     AllgatherBuffers ab;
     // blocks are padded to the largest share of this batch, so one equal-count collective fits
-    ab.block = (size_t)ra->B * share_count(ra->S_global, p, 0) * ra->C * 2 * ra->E;
+    ab.block = (size_t)ra->B * row_train_share(ra, 0) * ra->C * 2 * ra->E; // member 0 holds the most
     size_t cap_block = (size_t)ra->cap.max_B * row_cap_train_block(ra->cap, p) * ra->cap.max_C * 2 * ra->cap.E;
     size_t rows = (size_t)ra->cap.max_B * row_cap_block(ra->cap, p) * ra->cap.max_C;
     ab.gathered = ra->scratch;

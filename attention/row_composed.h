@@ -1,24 +1,234 @@
-// Row attention, composed and hierarchical: NOT IMPLEMENTED YET (stub; see row_attention.h).
+// Composed and hierarchical row attention: one strategy per dimension of a grid.
+//
+// The group is an r x c grid: rank k sits at (i, j) = (k / c, k % c); mesh_row = the c ranks
+// (i, *) (contiguous k; for hierarchical, the ranks of one node), mesh_col = the r ranks (*, j).
+// Row group i = the ranks (i, *) = the c shares [i c, (i + 1) c) of the rows.
+//
+// inner = a2a: an all-to-all over mesh_row gives member j the problems of share j of c, with the
+//   whole rows of row group i (row_a2a.h); the outer strategy (ring or allgather) then runs over
+//   mesh_col on that virtual table through an inner RowAttention context (unit = c), and an
+//   all-to-all returns o. Plain a2a is the case r = 1 (the virtual table is attended locally).
+//   Volume per rank per layer, forward: the a2a's ~ 4 (c-1)/c (N/p) C E b, plus the outer
+//   strategy's on blocks of (1/c) of the problems and c shares of the train rows:
+//   2 (r-1)/p Nt C E b (ring: sent in r-1 steps; allgather: at once).
+// inner = allgather: the train K/V of row group i are all-gathered over mesh_row, then
+//   - outer = ring: those row-group blocks travel the ring over mesh_col (each rank's own
+//     queries against each, merged by lse); the backward carries dK/dV accumulators around the
+//     ring, then reduce-scatters the row group's over mesh_row. Volume forward
+//     2 (c-1)/p Nt C E b + 2 (r-1)/r Nt C E b.
+//   - outer = allgather (or r = 1): gathering within rows, then across, gathers everything:
+//     it is allgather over the whole group (row_allgather.h), MPI picking the route.
+//   - c = 1: the row gathers are empty: it is ring over the whole group (row_ring.h).
+// Keeps state (the a2a's virtual table), so every layer has its own scratch.
 #pragma once
-#include "row_shard.h"
+#include "row_a2a.h"
 
 // the dispatcher asks these: set implemented to 1 when the strategy works; keeps_state when
 // a layer's forward leaves state in its scratch for the same layer's backward
-static int composed_attention_implemented(void) { return 0; }
-static int composed_attention_keeps_state(void) { return 0; }
+static int composed_attention_implemented(void) { return 1; }
+static int composed_attention_keeps_state(void) { return 1; }
+
+enum { GROUP_RING_TAG_KV = 111, GROUP_RING_TAG_DKV = 112 };
+
+// ----------------------------------------------------------------------------
+// inner = allgather, outer = ring: the "group ring"
+
+// floats of a member's K/V block (B, blk, C, 2E) at capacity; a row group's block is c of them
+static size_t group_ring_member_floats(RowCapacity cap, int p) {
+    return (size_t)cap.max_B * row_cap_train_block(cap, p) * cap.max_C * 2 * cap.E;
+}
+
+// buffers: c + 1 member blocks, 6 row-group blocks, one partial output and lse
+static size_t group_ring_scratch_floats(RowCapacity cap, int p, int c) {
+    const size_t member = group_ring_member_floats(cap, p), rows = (size_t)cap.max_B * row_cap_block(cap, p) * cap.max_C;
+    return (c + 1) * member + 6 * c * member + rows * cap.E + rows * cap.heads;
+}
+
+typedef struct {
+    float* parts;        // (c, member block) the members' K/V as gathered, later their dK/dV
+    float* own;          // (member block) this rank's K/V (B, S, C, 2E), later its summed dK/dV
+    float* kv[2];        // (row-group block) a row group's K/V (B, S_g, C, 2E), travelling
+    float* dkv_send[2];  // (row-group block) dK/dV accumulators
+    float* dkv_recv[2];
+    float* o_part;       // (B, R, C, E)
+    float* lse_part;     // (B*C, heads, R)
+    size_t member_block; // floats of one padded member block of this batch
+} GroupRingBuffers;
+
+static GroupRingBuffers group_ring_buffers(const RowAttention* ra, const MemberRows* mr) {
+    const int p = ra->group->size, c = mr->count;
+    const size_t member = group_ring_member_floats(ra->cap, p);
+    const size_t rows = (size_t)ra->cap.max_B * row_cap_block(ra->cap, p) * ra->cap.max_C;
+    MOSAIC_CHECK(group_ring_scratch_floats(ra->cap, p, c) <= ra->scratch_floats, "composed scratch sized for another grid");
+    GroupRingBuffers gb;
+    float* s = ra->scratch;
+    gb.parts = s; s += c * member;
+    gb.own = s; s += member;
+    for (int i = 0; i < 2; i++) { gb.kv[i] = s; s += c * member; }
+    for (int i = 0; i < 2; i++) { gb.dkv_send[i] = s; s += c * member; }
+    for (int i = 0; i < 2; i++) { gb.dkv_recv[i] = s; s += c * member; }
+    gb.o_part = s; s += rows * ra->cap.E;
+    gb.lse_part = s;
+    // blocks padded to the row group's largest, its first member's, for one equal-count collective
+    gb.member_block = (size_t)ra->B * mr->train[0] * ra->C * 2 * ra->E;
+    return gb;
+}
+
+// row counts of the row groups: member i of mesh_col stands for the c shares of row group i
+static RowAttention row_group_counts(const RowAttention* ra) {
+    RowAttention grp = *ra;
+    grp.group = ra->mesh_col;
+    grp.unit = ra->mesh_row->size * ra->unit;
+    return grp;
+}
+
+static inline size_t group_block_floats(const RowAttention* ra, const RowAttention* grp, int owner) {
+    return (size_t)ra->B * row_train_share(grp, owner) * ra->C * 2 * ra->E;
+}
+
+// kv (B, S_g, C, 2E) = the train K/V of the whole row group, member m's at rows vtrain[m]
+static void gather_row_group_kv(RowAttention* ra, float* kv, const float* qkv, const MemberRows* mr, int S_g,
+                                const GroupRingBuffers* gb) {
+    const long row_floats = (long)ra->C * 2 * ra->E;
+    pack_kv_rows(gb->own, qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+    comm_allgather(ra->mesh_row, gb->parts, gb->own, gb->member_block);
+    for (int m = 0; m < mr->count; m++)
+        copy_blocks(kv + mr->vtrain[m] * row_floats, S_g * row_floats, gb->parts + m * gb->member_block,
+                    mr->train[m] * row_floats, ra->B, mr->train[m] * row_floats);
+}
+
+static void group_ring_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
+    Comm* col = ra->mesh_col;
+    const int r = col->size, me = col->rank, next = (me + 1) % r, prev = (me + r - 1) % r;
+    MemberRows mr;
+    int S_g, R_g;
+    member_rows(&mr, &S_g, &R_g, ra, me * ra->mesh_row->size, ra->mesh_row->size);
+    GroupRingBuffers gb = group_ring_buffers(ra, &mr);
+    const RowAttention grp = row_group_counts(ra);
+    gather_row_group_kv(ra, gb.kv[0], qkv, &mr, S_g, &gb);
+    for (int t = 0; t < r; t++) {
+        const int owner = (me - t + r) % r, incoming = (me - t - 1 + 2 * r) % r;
+        const float* kv = gb.kv[t % 2];
+        CommRequest send, recv;
+        const int more = t < r - 1;
+        if (more) {
+            comm_send_post(&send, col, kv, group_block_floats(ra, &grp, owner), next, GROUP_RING_TAG_KV);
+            comm_recv_post(&recv, col, gb.kv[(t + 1) % 2], group_block_floats(ra, &grp, incoming), prev,
+                           GROUP_RING_TAG_KV);
+            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+        }
+        if (t == 0) {
+            row_block_forward(ra, o, lse, qkv, kv, row_train_share(&grp, owner));
+        } else {
+            row_block_forward(ra, gb.o_part, gb.lse_part, qkv, kv, row_train_share(&grp, owner));
+            row_merge(ra, o, lse, gb.o_part, gb.lse_part);
+        }
+        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+    }
+}
+
+// dqkv (B, R, C, 3E) is overwritten
+static void group_ring_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
+                                const float* qkv) {
+    Comm* col = ra->mesh_col;
+    const int r = col->size, me = col->rank, next = (me + 1) % r, prev = (me + r - 1) % r;
+    MemberRows mr;
+    int S_g, R_g;
+    member_rows(&mr, &S_g, &R_g, ra, me * ra->mesh_row->size, ra->mesh_row->size);
+    GroupRingBuffers gb = group_ring_buffers(ra, &mr);
+    const RowAttention grp = row_group_counts(ra);
+    fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
+    gather_row_group_kv(ra, gb.kv[0], qkv, &mr, S_g, &gb);
+    CommRequest dkv_send = {}, dkv_recv = {};
+    for (int t = 0; t < r; t++) {
+        const int owner = (me - t + r) % r, incoming = (me - t - 1 + 2 * r) % r;
+        const float* kv = gb.kv[t % 2];
+        float* dkv = gb.dkv_send[t % 2];
+        CommRequest send, recv;
+        const int more = t < r - 1;
+        if (more) {
+            comm_send_post(&send, col, kv, group_block_floats(ra, &grp, owner), next, GROUP_RING_TAG_KV);
+            comm_recv_post(&recv, col, gb.kv[(t + 1) % 2], group_block_floats(ra, &grp, incoming), prev,
+                           GROUP_RING_TAG_KV);
+            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+        }
+        // this rank's share of the block's gradient, while the accumulator so far is in flight
+        fill_zero(dkv, (long)group_block_floats(ra, &grp, owner));
+        row_block_backward(ra, dqkv, dkv, dout, o, lse, qkv, kv, row_train_share(&grp, owner));
+        if (t > 0) {
+            comm_wait(&dkv_recv);
+            add_into(dkv, gb.dkv_recv[t % 2], (long)group_block_floats(ra, &grp, owner));
+            comm_wait(&dkv_send); // the send of step t - 1 used the other buffer
+        }
+        // pass the accumulator on; after the last step it reaches the block's owner (next)
+        comm_send_post(&dkv_send, col, dkv, group_block_floats(ra, &grp, owner), next, GROUP_RING_TAG_DKV);
+        comm_recv_post(&dkv_recv, col, gb.dkv_recv[(t + 1) % 2], group_block_floats(ra, &grp, incoming), prev,
+                       GROUP_RING_TAG_DKV);
+        if (!ra->overlap) { comm_wait(&dkv_send); comm_wait(&dkv_recv); }
+        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+    }
+    comm_wait(&dkv_recv);
+    comm_wait(&dkv_send);
+    // our row group's dK/dV from every query of this column: split into the members' parts
+    // and sum them over the row group (the other columns), each member receiving its own
+    const float* dkv = gb.dkv_recv[r % 2];
+    const long row_floats = (long)ra->C * 2 * ra->E;
+    for (int m = 0; m < mr.count; m++)
+        copy_blocks(gb.parts + m * gb.member_block, mr.train[m] * row_floats, dkv + mr.vtrain[m] * row_floats,
+                    S_g * row_floats, ra->B, mr.train[m] * row_floats);
+    comm_reduce_scatter_sum(ra->mesh_row, gb.own, gb.parts, gb.member_block);
+    unpack_kv_rows_add(dqkv, gb.own, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+}
+
+// ----------------------------------------------------------------------------
+// composed / hierarchical
 
 static size_t composed_attention_scratch_floats(RowCapacity cap, int p) {
-    (void)cap; (void)p;
-    return 0;
+    const int c = cap.mesh_c >= 1 && p % cap.mesh_c == 0 ? cap.mesh_c : p;
+    size_t n = a2a_sizes_total(a2a_sizes(cap, p, c));
+    size_t group_ring = group_ring_scratch_floats(cap, p, c);
+    size_t gather = allgather_attention_scratch_floats(cap, p), ring = ring_attention_scratch_floats(cap, p);
+    if (group_ring > n) n = group_ring;
+    if (gather > n) n = gather;
+    if (ring > n) n = ring;
+    return n;
 }
 
+// the grid of this call; fails clearly on a missing or inconsistent one
+static void composed_check(const RowAttention* ra) {
+    const char* name = row_strategy_names[ra->strategy];
+    if (ra->mesh_row == NULL || ra->mesh_col == NULL)
+        mosaic_fail("row attention '%s' needs the group as a grid (mesh_row x mesh_col)", name);
+    const int c = ra->mesh_row->size, r = ra->mesh_col->size;
+    if (r * c != ra->group->size || ra->group->rank != ra->mesh_col->rank * c + ra->mesh_row->rank)
+        mosaic_fail("row attention '%s': the %d x %d grid does not lay out the group of %d ranks as k = i c + j", name,
+                    r, c, ra->group->size);
+    MOSAIC_CHECK(c == ra->cap.mesh_c && r == ra->cap.mesh_r, "row attention scratch sized for another grid");
+    if (ra->inner != ROW_A2A && ra->inner != ROW_ALLGATHER)
+        mosaic_fail("row attention '%s': the strategy over mesh_row must be a2a or allgather, not '%s'", name,
+                    row_strategy_names[ra->inner]);
+    if (ra->outer != ROW_RING && ra->outer != ROW_ALLGATHER)
+        mosaic_fail("row attention '%s': the strategy over mesh_col must be ring or allgather, not '%s'", name,
+                    row_strategy_names[ra->outer]);
+}
+
+// o (B, R, C, E), lse (B*C, heads, R) for this rank's rows; qkv (B, R, C, 3E)
 static void composed_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
-    (void)o; (void)lse; (void)qkv;
-    mosaic_fail("row attention '%s' is not implemented yet", row_strategy_names[ra->strategy]);
+    composed_check(ra);
+    const int c = ra->mesh_row->size, r = ra->mesh_col->size;
+    if (ra->inner == ROW_A2A) a2a_forward_over(ra, ra->mesh_row, ra->mesh_col->rank * c, ra->mesh_col, o, lse, qkv);
+    else if (ra->outer == ROW_ALLGATHER || r == 1) allgather_attention_forward(ra, o, lse, qkv);
+    else if (c == 1) ring_attention_forward(ra, o, lse, qkv);
+    else group_ring_forward(ra, o, lse, qkv);
 }
 
-static void composed_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
-                                    const float* qkv) {
-    (void)dqkv; (void)dout; (void)o; (void)lse; (void)qkv;
-    mosaic_fail("row attention '%s' is not implemented yet", row_strategy_names[ra->strategy]);
+// dqkv (B, R, C, 3E) is overwritten
+static void composed_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o,
+                                        const float* lse, const float* qkv) {
+    composed_check(ra);
+    const int c = ra->mesh_row->size, r = ra->mesh_col->size;
+    if (ra->inner == ROW_A2A) a2a_backward_over(ra, ra->mesh_row, ra->mesh_col->rank * c, ra->mesh_col, dqkv, dout);
+    else if (ra->outer == ROW_ALLGATHER || r == 1) allgather_attention_backward(ra, dqkv, dout, o, lse, qkv);
+    else if (c == 1) ring_attention_backward(ra, dqkv, dout, o, lse, qkv);
+    else group_ring_backward(ra, dqkv, dout, o, lse, qkv);
 }
