@@ -15,6 +15,17 @@ typedef struct {
     int ranks_per_node;      // topology: ranks sharing a node (fast links)
 } RowCostInput;
 
+// the two parts of composed / hierarchical (inner a2a, outer ring), per rank per layer
+static double composed_a2a_bytes(const RowCostInput* in) {
+    const double b = 4.0, C = in->C, E = in->E, h = in->heads, p = in->p, c = in->mesh_c;
+    return (4.0 * in->rows + 4.0 * in->train_rows + in->rows * h / E) * C * E * b * (c - 1) / (c * p);
+}
+static double composed_ring_bytes(const RowCostInput* in) {
+    const double b = 4.0, r = in->mesh_r;
+    const double block = 2.0 * in->train_rows * in->C * in->E * b / in->p;
+    return block * (2.0 * (r - 1) + (r > 1 ? r : 0));
+}
+
 // bytes one rank sends per layer, forward + backward; the forward share is in the comments
 static double row_strategy_bytes(RowStrategy st, const RowCostInput* in) {
     const double b = 4.0, C = in->C, E = in->E, h = in->heads, p = in->p, N = in->rows, Nt = in->train_rows;
@@ -33,13 +44,9 @@ static double row_strategy_bytes(RowStrategy st, const RowCostInput* in) {
                          // the row group, K/V again, dQ and dK/dV reduced back: [(c-1)/p N (4E + h) + 4 (r-1)/p Nt E] C b
             return ((c - 1) / p * N * (6.0 * E + 2.0 * h) + 6.0 * (r - 1) / p * Nt * E) * C * b;
         case ROW_COMPOSED:
-        case ROW_HIERARCHICAL: { // a2a over c ranks, then a ring over r ranks on 1/c of the problems
-            RowCostInput inner = *in, outer = *in;
-            inner.p = (int)c;
-            outer.p = (int)r;
-            outer.train_rows = Nt / c;
-            return row_strategy_bytes(ROW_A2A, &inner) + row_strategy_bytes(ROW_RING, &outer);
-        }
+        case ROW_HIERARCHICAL: // a2a over the c ranks of a grid row (each still holding N/p rows), then a ring
+                               // over the r ranks of a grid column on blocks of 2 Nt C E / p floats
+            return composed_a2a_bytes(in) + composed_ring_bytes(in);
         default: return 0.0;
     }
 }
@@ -53,13 +60,9 @@ static double row_strategy_seconds(RowStrategy st, const RowCostInput* in) {
     double bytes = row_strategy_bytes(st, in);
     if (one_node) return bytes / intra;
     if (st == ROW_HIERARCHICAL || st == ROW_COMPOSED) {
-        RowCostInput inner = *in, outer = *in;
-        inner.p = in->mesh_c;
-        outer.p = in->mesh_r;
-        outer.train_rows = in->train_rows / in->mesh_c;
-        // the a2a stays inside a node when the grid's rows are nodes
+        // the a2a stays inside a node when a grid row fits in one
         double inner_link = in->mesh_c <= in->ranks_per_node ? intra : inter;
-        return row_strategy_bytes(ROW_A2A, &inner) / inner_link + row_strategy_bytes(ROW_RING, &outer) / inter;
+        return composed_a2a_bytes(in) / inner_link + composed_ring_bytes(in) / inter;
     }
     return bytes / inter;
 }
