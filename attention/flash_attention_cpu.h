@@ -26,7 +26,7 @@ static inline AxisLayout axis_layout_contiguous(int seq_len, int heads, int head
     return layout;
 }
 
-enum { FA_Q_TILE = 32, FA_KV_TILE = 64, FA_MAX_HEAD_DIM = 128 };
+enum { FA_Q_TILE = 32, FA_KV_TILE = 64, FA_MAX_HEAD_DIM = 128, FA_QB = 4 };
 
 template <typename T>
 static inline T fa_dot(const T* a, const T* b, int d) {
@@ -63,6 +63,93 @@ static inline void fa_exp_inplace(double* x, int n) {
     for (int i = 0; i < n; i++) x[i] = exp(x[i]);
 }
 
+// Short key sets (the feature axis: C columns, 6 by default) fill too few vector lanes for
+// the tiled kernels above, so they take a row-major path: per query, dot products and
+// axpys along the head dimension, no tiles, no transposes.
+enum { FA_SHORT_KV = 16 };
+
+template <typename T>
+static void flash_attention_forward_short(T* out, T* lse, const T* q, const T* k, const T* v, AxisLayout q_layout,
+                                          AxisLayout kv_layout, AxisLayout out_layout, int n_batch, int heads,
+                                          int q_len, int kv_len, int head_dim, T scale) {
+    const int d = head_dim;
+#pragma omp parallel for schedule(static)
+    for (long w = 0; w < (long)n_batch * heads; w++) {
+        const int h = (int)(w % heads);
+        const long n = w / heads;
+        const T* qb = q + axis_offset(q_layout, n) + (long)h * d;
+        const T* kb = k + axis_offset(kv_layout, n) + (long)h * d;
+        const T* vb = v + axis_offset(kv_layout, n) + (long)h * d;
+        T* ob = out + axis_offset(out_layout, n) + (long)h * d;
+        T* lb = lse + w * (long)q_len;
+        T s[FA_SHORT_KV];
+        for (int i = 0; i < q_len; i++) {
+            const T* qi = qb + (long)i * q_layout.seq_stride;
+            T m = -INFINITY;
+            for (int j = 0; j < kv_len; j++) {
+                s[j] = scale * fa_dot(qi, kb + (long)j * kv_layout.seq_stride, d);
+                m = s[j] > m ? s[j] : m;
+            }
+            for (int j = 0; j < kv_len; j++) s[j] -= m;
+            fa_exp_inplace(s, kv_len);
+            T sum = 0;
+            for (int j = 0; j < kv_len; j++) sum += s[j];
+            T* oi = ob + (long)i * out_layout.seq_stride;
+            const T inv = (T)1 / sum;
+#pragma omp simd
+            for (int e = 0; e < d; e++) oi[e] = 0;
+            for (int j = 0; j < kv_len; j++) {
+                const T* vj = vb + (long)j * kv_layout.seq_stride;
+                const T pj = s[j] * inv;
+#pragma omp simd
+                for (int e = 0; e < d; e++) oi[e] += pj * vj[e];
+            }
+            lb[i] = m + log(sum);
+        }
+    }
+}
+
+template <typename T>
+static void flash_attention_backward_short(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
+                                           const T* k, const T* v, AxisLayout q_layout, AxisLayout kv_layout,
+                                           AxisLayout out_layout, int n_batch, int heads, int q_len, int kv_len,
+                                           int head_dim, T scale) {
+    const int d = head_dim;
+#pragma omp parallel for schedule(static)
+    for (long w = 0; w < (long)n_batch * heads; w++) {
+        const int h = (int)(w % heads);
+        const long n = w / heads;
+        const long q_base = axis_offset(q_layout, n) + (long)h * d;
+        const long kv_base = axis_offset(kv_layout, n) + (long)h * d;
+        const long out_base = axis_offset(out_layout, n) + (long)h * d;
+        const T* lb = lse + w * (long)q_len;
+        T p[FA_SHORT_KV], ds[FA_SHORT_KV];
+        for (int i = 0; i < q_len; i++) {
+            const T* qi = q + q_base + (long)i * q_layout.seq_stride;
+            const T* doi = dout + out_base + (long)i * out_layout.seq_stride;
+            const T D = fa_dot(doi, out + out_base + (long)i * out_layout.seq_stride, d);
+            for (int j = 0; j < kv_len; j++) {
+                p[j] = scale * fa_dot(qi, k + kv_base + (long)j * kv_layout.seq_stride, d) - lb[i];
+                ds[j] = fa_dot(doi, v + kv_base + (long)j * kv_layout.seq_stride, d);
+            }
+            fa_exp_inplace(p, kv_len);
+            T* dqi = dq + q_base + (long)i * q_layout.seq_stride;
+            for (int j = 0; j < kv_len; j++) {
+                const T dsj = p[j] * (ds[j] - D) * scale, pj = p[j];
+                const T* kj = k + kv_base + (long)j * kv_layout.seq_stride;
+                T* dkj = dk + kv_base + (long)j * kv_layout.seq_stride;
+                T* dvj = dv + kv_base + (long)j * kv_layout.seq_stride;
+#pragma omp simd
+                for (int e = 0; e < d; e++) {
+                    dqi[e] += dsj * kj[e];
+                    dkj[e] += dsj * qi[e];
+                    dvj[e] += pj * doi[e];
+                }
+            }
+        }
+    }
+}
+
 // Forward, per (sequence, head, query tile). Tiles are held transposed, queries along the
 // vector lanes: every inner loop runs over FA_Q_TILE contiguous queries, so the small head
 // size (24 by default) never sits in the vector lanes and no horizontal sums are needed.
@@ -73,6 +160,11 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
                                     AxisLayout kv_layout, AxisLayout out_layout, int n_batch, int heads, int q_len,
                                     int kv_len, int head_dim, T scale) {
     MOSAIC_CHECK(head_dim <= FA_MAX_HEAD_DIM, "head size above FA_MAX_HEAD_DIM: use more heads");
+    if (kv_len > 0 && kv_len <= FA_SHORT_KV) {
+        flash_attention_forward_short(out, lse, q, k, v, q_layout, kv_layout, out_layout, n_batch, heads, q_len, kv_len,
+                                      head_dim, scale);
+        return;
+    }
     const int d = head_dim;
     const int q_tiles = ceil_div(q_len, FA_Q_TILE);
     const long work_items = (long)n_batch * heads * q_tiles;
@@ -164,13 +256,18 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
 // out and lse are the FINAL (all keys) results; for one key block of a sharded run this
 // still gives that block's exact share of the gradient.
 // Per key tile, the tile's K, V, dK, dV are held transposed (keys along the vector lanes);
-// each query then costs vector loops over the tile's keys and d dot products for dQ.
+// queries then go FA_QB at a time through vector loops over the tile's keys.
 template <typename T>
 static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
                                      const T* k, const T* v, AxisLayout q_layout, AxisLayout kv_layout,
                                      AxisLayout out_layout, int n_batch, int heads, int q_len, int kv_len,
                                      int head_dim, T scale) {
     MOSAIC_CHECK(head_dim <= FA_MAX_HEAD_DIM, "head size above FA_MAX_HEAD_DIM: use more heads");
+    if (kv_len <= FA_SHORT_KV) {
+        flash_attention_backward_short(dq, dk, dv, dout, out, lse, q, k, v, q_layout, kv_layout, out_layout, n_batch,
+                                       heads, q_len, kv_len, head_dim, scale);
+        return;
+    }
     const int d = head_dim;
     const long work_items = (long)n_batch * heads;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -184,8 +281,8 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
 
         T k_t[FA_MAX_HEAD_DIM][FA_KV_TILE], v_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
         T dk_t[FA_MAX_HEAD_DIM][FA_KV_TILE], dv_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
-        T q_row[FA_MAX_HEAD_DIM], do_row[FA_MAX_HEAD_DIM];
-        T p[FA_KV_TILE], ds[FA_KV_TILE];
+        T q_blk[FA_QB][FA_MAX_HEAD_DIM], do_blk[FA_QB][FA_MAX_HEAD_DIM];
+        T p[FA_QB][FA_KV_TILE], ds[FA_QB][FA_KV_TILE];
         for (int j0 = 0; j0 < kv_len; j0 += FA_KV_TILE) {
             const int nk = kv_len - j0 < FA_KV_TILE ? kv_len - j0 : FA_KV_TILE;
             for (int j = 0; j < nk; j++) {
@@ -198,36 +295,59 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
             }
             for (int e = 0; e < d; e++)
                 for (int j = 0; j < nk; j++) dk_t[e][j] = dv_t[e][j] = 0;
-            for (int i = 0; i < q_len; i++) {
-                const T* oi = out + out_base + (long)i * out_layout.seq_stride;
-                memcpy(q_row, q + q_base + (long)i * q_layout.seq_stride, d * sizeof(T));
-                memcpy(do_row, dout + out_base + (long)i * out_layout.seq_stride, d * sizeof(T));
-                // D_i = rowsum(dO * O): the softmax Jacobian's diagonal correction
-                const T D = fa_dot(do_row, oi, d);
-                const T lse_i = lb[i];
-                for (int j = 0; j < nk; j++) p[j] = ds[j] = 0;
+            // queries in blocks of FA_QB: every K/V/dK/dV vector loaded feeds FA_QB FMAs
+            for (int i0 = 0; i0 < q_len; i0 += FA_QB) {
+                const int nqb = q_len - i0 < FA_QB ? q_len - i0 : FA_QB;
+                T D[FA_QB], lse_b[FA_QB];
+                for (int b = 0; b < FA_QB; b++) {
+                    if (b < nqb) {
+                        const long i = i0 + b;
+                        memcpy(q_blk[b], q + q_base + i * q_layout.seq_stride, d * sizeof(T));
+                        memcpy(do_blk[b], dout + out_base + i * out_layout.seq_stride, d * sizeof(T));
+                        // D_i = rowsum(dO * O): the softmax Jacobian's diagonal correction
+                        D[b] = fa_dot(do_blk[b], out + out_base + i * out_layout.seq_stride, d);
+                        lse_b[b] = lb[i];
+                    } else { // padding: p = exp(-inf) = 0, so it adds nothing
+                        for (int e = 0; e < d; e++) q_blk[b][e] = do_blk[b][e] = 0;
+                        D[b] = 0;
+                        lse_b[b] = INFINITY;
+                    }
+                    for (int j = 0; j < nk; j++) p[b][j] = ds[b][j] = 0;
+                }
                 for (int e = 0; e < d; e++) {
-                    const T qe = q_row[e], doe = do_row[e];
+                    T qe[FA_QB], de[FA_QB];
+                    for (int b = 0; b < FA_QB; b++) { qe[b] = q_blk[b][e]; de[b] = do_blk[b][e]; }
 #pragma omp simd
                     for (int j = 0; j < nk; j++) {
-                        p[j] += qe * k_t[e][j];   // q . k_j
-                        ds[j] += doe * v_t[e][j]; // dO . v_j
+                        const T kt = k_t[e][j], vt = v_t[e][j];
+                        for (int b = 0; b < FA_QB; b++) {
+                            p[b][j] += qe[b] * kt;  // q . k_j
+                            ds[b][j] += de[b] * vt; // dO . v_j
+                        }
                     }
                 }
+                for (int b = 0; b < FA_QB; b++) {
 #pragma omp simd
-                for (int j = 0; j < nk; j++) p[j] = scale * p[j] - lse_i;
-                fa_exp_inplace(p, nk);
+                    for (int j = 0; j < nk; j++) p[b][j] = scale * p[b][j] - lse_b[b];
+                    fa_exp_inplace(p[b], nk);
 #pragma omp simd
-                for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - D) * scale;
-                T* dqi = dq + q_base + (long)i * q_layout.seq_stride;
+                    for (int j = 0; j < nk; j++) ds[b][j] = p[b][j] * (ds[b][j] - D[b]) * scale;
+                }
                 for (int e = 0; e < d; e++) {
-                    const T qe = q_row[e], doe = do_row[e];
+                    T qe[FA_QB], de[FA_QB], dq_e[FA_QB];
+                    for (int b = 0; b < FA_QB; b++) { qe[b] = q_blk[b][e]; de[b] = do_blk[b][e]; }
 #pragma omp simd
                     for (int j = 0; j < nk; j++) {
-                        dv_t[e][j] += doe * p[j];
-                        dk_t[e][j] += qe * ds[j];
+                        T dv_acc = dv_t[e][j], dk_acc = dk_t[e][j];
+                        for (int b = 0; b < FA_QB; b++) {
+                            dv_acc += de[b] * p[b][j];
+                            dk_acc += qe[b] * ds[b][j];
+                        }
+                        dv_t[e][j] = dv_acc;
+                        dk_t[e][j] = dk_acc;
                     }
-                    dqi[e] += fa_dot(ds, k_t[e], nk);
+                    for (int b = 0; b < FA_QB; b++) dq_e[b] = fa_dot(ds[b], k_t[e], nk);
+                    for (int b = 0; b < nqb; b++) dq[q_base + (long)(i0 + b) * q_layout.seq_stride + e] += dq_e[b];
                 }
             }
             for (int j = 0; j < nk; j++) {

@@ -146,6 +146,8 @@ int main(void) {
         {1, 2, 65, 129, 3},  // kv longer than q, crosses two kv tiles
         {3, 2, 1, 7, 16},    // a single query
         {2, 2, 9, 0, 4},     // no keys at all (a rank without train rows)
+        {3, 2, 40, 16, 24},  // the longest key set of the short path, more queries than keys
+        {2, 3, 6, 17, 24},   // the shortest key set of the tiled path
     };
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) test_shape(shapes[i], &rng);
     test_merge(&rng);
