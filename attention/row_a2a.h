@@ -24,9 +24,7 @@
 #include "row_allgather.h"
 #include "a2a_ops_cpu.h"
 
-// the dispatcher asks these: set implemented to 1 when the strategy works; keeps_state when
-// a layer's forward leaves state in its scratch for the same layer's backward
-static int a2a_attention_implemented(void) { return 1; }
+// the dispatcher asks: does a layer's forward leave state in its scratch for its backward?
 static int a2a_attention_keeps_state(void) { return 1; }
 
 // ----------------------------------------------------------------------------

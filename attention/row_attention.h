@@ -21,18 +21,8 @@ static size_t row_attention_scratch_floats(RowStrategy strategy, RowCapacity cap
     }
 }
 
-static int row_strategy_implemented(RowStrategy strategy) {
-    switch (strategy) {
-        case ROW_LOCAL:
-        case ROW_ALLGATHER:
-        case ROW_RING: return 1;
-        case ROW_A2A: return a2a_attention_implemented();
-        case ROW_MESH2D: return mesh2d_attention_implemented();
-        case ROW_COMPOSED:
-        case ROW_HIERARCHICAL: return composed_attention_implemented();
-        default: return 0;
-    }
-}
+// every strategy but the start-up choice `auto` has an implementation
+static int row_strategy_implemented(RowStrategy strategy) { return strategy >= ROW_LOCAL && strategy < ROW_AUTO; }
 
 // whether the strategy can run on a group of p ranks (grid shapes, node counts)
 static int row_strategy_fits(RowStrategy strategy, int p) {

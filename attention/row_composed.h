@@ -23,9 +23,7 @@
 #pragma once
 #include "row_a2a.h"
 
-// the dispatcher asks these: set implemented to 1 when the strategy works; keeps_state when
-// a layer's forward leaves state in its scratch for the same layer's backward
-static int composed_attention_implemented(void) { return 1; }
+// the dispatcher asks: does a layer's forward leave state in its scratch for its backward?
 static int composed_attention_keeps_state(void) { return 1; }
 
 enum { GROUP_RING_TAG_KV = 111, GROUP_RING_TAG_DKV = 112 };

@@ -15,7 +15,6 @@
 #pragma once
 #include "row_shard.h"
 
-static int mesh2d_attention_implemented(void) { return 1; }
 static int mesh2d_attention_keeps_state(void) { return 0; }
 
 // the buffers at capacity: q rows (cap of one share) and kv train rows per block
