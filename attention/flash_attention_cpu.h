@@ -36,28 +36,10 @@ static inline T fa_dot(const T* a, const T* b, int d) {
     return acc;
 }
 
-// exp over an array, written so the compiler vectorises it (libm's expf is one call per
-// element): exp(x) = 2^k exp(r), r = x - k ln2 split in two parts (Cody-Waite), exp(r) by
-// a degree-6 polynomial (Cephes' coefficients), about 1 ulp. Below -87 the result is 0.
+// exp over an array with fast_expf (model/common.h), which the compiler vectorises
 static inline void fa_exp_inplace(float* x, int n) {
 #pragma omp simd
-    for (int i = 0; i < n; i++) {
-        float v = x[i];
-        const int underflow = v < -87.0f;
-        v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
-        const float k = rintf(v * 1.44269504088896341f);
-        const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
-        float poly = 1.9875691500e-4f;
-        poly = poly * r + 1.3981999507e-3f;
-        poly = poly * r + 8.3334519073e-3f;
-        poly = poly * r + 4.1665795894e-2f;
-        poly = poly * r + 1.6666665459e-1f;
-        poly = poly * r + 5.0000001201e-1f;
-        const float er = poly * r * r + r + 1.0f;
-        union { int i; float f; } two_k;
-        two_k.i = ((int)k + 127) << 23;
-        x[i] = underflow ? 0.0f : er * two_k.f;
-    }
+    for (int i = 0; i < n; i++) x[i] = fast_expf(x[i]);
 }
 static inline void fa_exp_inplace(double* x, int n) {
     for (int i = 0; i < n; i++) x[i] = exp(x[i]);

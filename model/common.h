@@ -130,3 +130,23 @@ static inline double wall_seconds(void) {
 }
 
 static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// exp(x) for float in plain arithmetic, so loops that call it vectorise (libm's expf is one
+// call per element): exp(x) = 2^k exp(r), r = x - k ln2 split in two parts (Cody-Waite),
+// exp(r) by a degree-6 polynomial (Cephes' coefficients), about 1 ulp; below -87 it is 0.
+static inline float fast_expf(float v) {
+    const int underflow = v < -87.0f;
+    v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
+    const float k = rintf(v * 1.44269504088896341f);
+    const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
+    float poly = 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    const float er = poly * r * r + r + 1.0f;
+    union { int i; float f; } two_k;
+    two_k.i = ((int)k + 127) << 23;
+    return underflow ? 0.0f : er * two_k.f;
+}
