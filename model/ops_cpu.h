@@ -36,23 +36,24 @@ static inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int 
 // Column sums of an (N, D) matrix in a fixed order: each thread owns chunks of 16 columns
 // and walks all rows top to bottom, reading one 64-byte run per row, so the result does
 // not depend on the thread count and the reads stay sequential.
-// out[d] += sum_n a[n, d] * (b ? b[n, d] : 1)
+// out[d] += sum_n a[n, d]
 enum { COLUMN_CHUNK = 16 };
 template <typename T>
-static void column_sums_accumulate(T* out, const T* a, const T* b, long N, int D) {
+static void column_sums_accumulate(T* out, const T* a, long N, int D) {
     const int chunks = ceil_div(D, COLUMN_CHUNK);
 #pragma omp parallel for schedule(static)
     for (int chunk = 0; chunk < chunks; chunk++) {
         const int d0 = chunk * COLUMN_CHUNK, w = D - d0 < COLUMN_CHUNK ? D - d0 : COLUMN_CHUNK;
         double acc[COLUMN_CHUNK] = {0};
-        for (long n = 0; n < N; n++) {
-            const T* row = a + n * D + d0;
-            if (b) {
-                const T* brow = b + n * D + d0;
-                for (int j = 0; j < w; j++) acc[j] += (double)row[j] * brow[j];
-            } else {
-                for (int j = 0; j < w; j++) acc[j] += row[j];
+        if (w == COLUMN_CHUNK) { // the common case, at a fixed width so it vectorises
+            for (long n = 0; n < N; n++) {
+                const T* row = a + n * D + d0;
+#pragma omp simd
+                for (int j = 0; j < COLUMN_CHUNK; j++) acc[j] += row[j];
             }
+        } else {
+            for (long n = 0; n < N; n++)
+                for (int j = 0; j < w; j++) acc[j] += a[n * D + d0 + j];
         }
         for (int j = 0; j < w; j++) out[d0 + j] += (T)acc[j];
     }
@@ -80,7 +81,7 @@ static void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
     if (N == 0) return;
     if (dinp) blas_gemm(CblasNoTrans, CblasNoTrans, (int)N, in_dim, out_dim, (T)1, dout, out_dim, weight, in_dim, (T)0, dinp, in_dim);
     blas_gemm(CblasTrans, CblasNoTrans, out_dim, in_dim, (int)N, (T)1, dout, out_dim, inp, in_dim, (T)1, dweight, in_dim);
-    if (dbias) column_sums_accumulate(dbias, dout, (const T*)NULL, N, out_dim);
+    if (dbias) column_sums_accumulate(dbias, dout, N, out_dim);
 }
 
 // ----------------------------------------------------------------------------
