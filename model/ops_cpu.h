@@ -143,6 +143,7 @@ static void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, con
             const T* x = inp + n * E + e0;
             const T* dy = dout + n * E + e0;
             const T m = mean[n], s = rstd[n];
+#pragma omp simd
             for (int j = 0; j < w; j++) {
                 dw[j] += (double)dy[j] * ((x[j] - m) * s);
                 db[j] += dy[j];
