@@ -10,7 +10,7 @@ Ring at 1, 2, 4 ranks shows how memory per rank scales with p for fixed rows.
 
 All ranks share this machine's 2 cores, so ms per step measures work, not a cluster's
 speed-up; bytes and memory per rank are what carry over. stdlib only.
-usage: python3 scripts/bench_sharded.py [--rows 16384] [--train-rows 2048] [--steps 3]
+usage: python3 scripts/bench_sharded.py [--rows 16384] [--train-rows 2048] [--steps 5]
 """
 import argparse
 import json
@@ -45,7 +45,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=16384)
     ap.add_argument("--train-rows", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     config = {"rows": args.rows, "train_rows": args.train_rows, "features": 3, "batch": 1, "embed": 32, "heads": 2,
               "hidden": 64, "layers": 1, "threads_per_rank": 1, "steps": args.steps}
