@@ -26,8 +26,6 @@
 // the dispatcher asks: does a layer's forward leave state in its scratch for its backward?
 static int composed_attention_keeps_state(void) { return 1; }
 
-enum { GROUP_RING_TAG_KV = 111, GROUP_RING_TAG_DKV = 112 };
-
 // ----------------------------------------------------------------------------
 // inner = allgather, outer = ring: the "group ring"
 
@@ -80,10 +78,6 @@ static RowAttention row_group_counts(const RowAttention* ra) {
     return grp;
 }
 
-static inline size_t group_block_floats(const RowAttention* ra, const RowAttention* grp, int owner) {
-    return (size_t)ra->B * row_train_share(grp, owner) * ra->C * 2 * ra->E;
-}
-
 // kv (B, S_g, C, 2E) = the train K/V of the whole row group, member m's at rows vtrain[m]
 static void gather_row_group_kv(RowAttention* ra, float* kv, const float* qkv, const MemberRows* mr, int S_g,
                                 const GroupRingBuffers* gb) {
@@ -95,81 +89,37 @@ static void gather_row_group_kv(RowAttention* ra, float* kv, const float* qkv, c
                     mr->train[m] * row_floats, ra->B, mr->train[m] * row_floats);
 }
 
+static RingPass group_ring_pass(RowAttention* ra, const RowAttention* grp, const GroupRingBuffers* gb) {
+    RingPass rp = {ra->mesh_col, grp, {gb->kv[0], gb->kv[1]}, {gb->dkv_send[0], gb->dkv_send[1]},
+                   {gb->dkv_recv[0], gb->dkv_recv[1]}, gb->o_part, gb->lse_part};
+    return rp;
+}
+
 static void group_ring_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
-    Comm* col = ra->mesh_col;
-    const int r = col->size, me = col->rank, next = (me + 1) % r, prev = (me + r - 1) % r;
     MemberRows mr;
     int S_g, R_g;
-    member_rows(&mr, &S_g, &R_g, ra, me * ra->mesh_row->size, ra->mesh_row->size);
+    member_rows(&mr, &S_g, &R_g, ra, ra->mesh_col->rank * ra->mesh_row->size, ra->mesh_row->size);
     GroupRingBuffers gb = group_ring_buffers(ra, &mr);
     const RowAttention grp = row_group_counts(ra);
+    RingPass rp = group_ring_pass(ra, &grp, &gb);
     gather_row_group_kv(ra, gb.kv[0], qkv, &mr, S_g, &gb);
-    for (int t = 0; t < r; t++) {
-        const int owner = (me - t + r) % r, incoming = (me - t - 1 + 2 * r) % r;
-        const float* kv = gb.kv[t % 2];
-        CommRequest send, recv;
-        const int more = t < r - 1;
-        if (more) {
-            comm_send_post(&send, col, kv, group_block_floats(ra, &grp, owner), next, GROUP_RING_TAG_KV);
-            comm_recv_post(&recv, col, gb.kv[(t + 1) % 2], group_block_floats(ra, &grp, incoming), prev,
-                           GROUP_RING_TAG_KV);
-            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
-        }
-        if (t == 0) {
-            row_block_forward(ra, o, lse, qkv, kv, row_train_share(&grp, owner));
-        } else {
-            row_block_forward(ra, gb.o_part, gb.lse_part, qkv, kv, row_train_share(&grp, owner));
-            row_merge(ra, o, lse, gb.o_part, gb.lse_part);
-        }
-        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
-    }
+    ring_forward_blocks(ra, &rp, o, lse, qkv);
 }
 
 // dqkv (B, R, C, 3E) is overwritten
 static void group_ring_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
                                 const float* qkv) {
-    Comm* col = ra->mesh_col;
-    const int r = col->size, me = col->rank, next = (me + 1) % r, prev = (me + r - 1) % r;
     MemberRows mr;
     int S_g, R_g;
-    member_rows(&mr, &S_g, &R_g, ra, me * ra->mesh_row->size, ra->mesh_row->size);
+    member_rows(&mr, &S_g, &R_g, ra, ra->mesh_col->rank * ra->mesh_row->size, ra->mesh_row->size);
     GroupRingBuffers gb = group_ring_buffers(ra, &mr);
     const RowAttention grp = row_group_counts(ra);
+    RingPass rp = group_ring_pass(ra, &grp, &gb);
     fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
     gather_row_group_kv(ra, gb.kv[0], qkv, &mr, S_g, &gb);
-    CommRequest dkv_send = {}, dkv_recv = {};
-    for (int t = 0; t < r; t++) {
-        const int owner = (me - t + r) % r, incoming = (me - t - 1 + 2 * r) % r;
-        const float* kv = gb.kv[t % 2];
-        float* dkv = gb.dkv_send[t % 2];
-        CommRequest send, recv;
-        const int more = t < r - 1;
-        if (more) {
-            comm_send_post(&send, col, kv, group_block_floats(ra, &grp, owner), next, GROUP_RING_TAG_KV);
-            comm_recv_post(&recv, col, gb.kv[(t + 1) % 2], group_block_floats(ra, &grp, incoming), prev,
-                           GROUP_RING_TAG_KV);
-            if (!ra->overlap) { comm_wait(&send); comm_wait(&recv); }
-        }
-        // this rank's share of the block's gradient, while the accumulator so far is in flight
-        fill_zero(dkv, (long)group_block_floats(ra, &grp, owner));
-        row_block_backward(ra, dqkv, dkv, dout, o, lse, qkv, kv, row_train_share(&grp, owner));
-        if (t > 0) {
-            comm_wait(&dkv_recv);
-            add_into(dkv, gb.dkv_recv[t % 2], (long)group_block_floats(ra, &grp, owner));
-            comm_wait(&dkv_send); // the send of step t - 1 used the other buffer
-        }
-        // pass the accumulator on; after the last step it reaches the block's owner (next)
-        comm_send_post(&dkv_send, col, dkv, group_block_floats(ra, &grp, owner), next, GROUP_RING_TAG_DKV);
-        comm_recv_post(&dkv_recv, col, gb.dkv_recv[(t + 1) % 2], group_block_floats(ra, &grp, incoming), prev,
-                       GROUP_RING_TAG_DKV);
-        if (!ra->overlap) { comm_wait(&dkv_send); comm_wait(&dkv_recv); }
-        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
-    }
-    comm_wait(&dkv_recv);
-    comm_wait(&dkv_send);
+    const float* dkv = ring_backward_blocks(ra, &rp, dqkv, dout, o, lse, qkv);
     // our row group's dK/dV from every query of this column: split into the members' parts
     // and sum them over the row group (the other columns), each member receiving its own
-    const float* dkv = gb.dkv_recv[r % 2];
     const long row_floats = (long)ra->C * 2 * ra->E;
     for (int m = 0; m < mr.count; m++)
         copy_blocks(gb.parts + m * gb.member_block, mr.train[m] * row_floats, dkv + mr.vtrain[m] * row_floats,

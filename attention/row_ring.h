@@ -41,77 +41,113 @@ static RingBuffers ring_buffers(const RowAttention* ra) {
     return rb;
 }
 
-static inline size_t ring_block_floats(const RowAttention* ra, int owner) {
-    return (size_t)ra->B * row_train_share(ra, owner) * ra->C * 2 * ra->E;
+// The ring loops, shared with composed's ring over grid columns (row_composed.h): the ring
+// runs over `ring`, and member m's K/V block holds row_train_share(counts, m) rows of this
+// rank's B datasets and C columns (counts = ra for the plain ring).
+typedef struct {
+    Comm* ring;
+    const RowAttention* counts;
+    float* kv[2];       // the travelling K/V blocks; kv[0] holds this member's on entry
+    float* dkv_send[2]; // dK/dV accumulators
+    float* dkv_recv[2];
+    float* o_part;      // (B, R, C, E)
+    float* lse_part;    // (B*C, heads, R)
+} RingPass;
+
+static inline size_t ring_block_floats(const RowAttention* ra, const RowAttention* counts, int owner) {
+    return (size_t)ra->B * row_train_share(counts, owner) * ra->C * 2 * ra->E;
 }
 
-// posts the hop of K/V block `owner` to the next rank and of block `incoming` from the
+// posts the hop of K/V block `owner` to the next member and of block `incoming` from the
 // previous one; without overlap it waits at once, so the transfer is not hidden
-static void ring_pass_kv(RowAttention* ra, CommRequest* send, CommRequest* recv, const float* kv, float* kv_next,
-                         int owner, int incoming) {
-    Comm* g = ra->group;
+static void ring_pass_kv(const RowAttention* ra, const RingPass* rp, CommRequest* send, CommRequest* recv,
+                         const float* kv, float* kv_next, int owner, int incoming) {
+    Comm* g = rp->ring;
     const int p = g->size;
-    comm_send_post(send, g, kv, ring_block_floats(ra, owner), (g->rank + 1) % p, RING_TAG_KV);
-    comm_recv_post(recv, g, kv_next, ring_block_floats(ra, incoming), (g->rank + p - 1) % p, RING_TAG_KV);
+    comm_send_post(send, g, kv, ring_block_floats(ra, rp->counts, owner), (g->rank + 1) % p, RING_TAG_KV);
+    comm_recv_post(recv, g, kv_next, ring_block_floats(ra, rp->counts, incoming), (g->rank + p - 1) % p, RING_TAG_KV);
     if (!ra->overlap) {
         comm_wait(send);
         comm_wait(recv);
     }
 }
 
-// o (B, R, C, E), lse (B*C, heads, R) for this rank's rows; qkv (B, R, C, 3E)
-static void ring_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
-    const int p = ra->group->size, me = ra->group->rank;
-    RingBuffers rb = ring_buffers(ra);
-    pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+// o (B, R, C, E), lse (B*C, heads, R): this rank's queries against every block of the ring
+static void ring_forward_blocks(RowAttention* ra, const RingPass* rp, float* o, float* lse, const float* qkv) {
+    const int p = rp->ring->size, me = rp->ring->rank;
     for (int t = 0; t < p; t++) {
         const int owner = (me - t + p) % p, incoming = (me - t - 1 + 2 * p) % p;
-        const float* kv = rb.kv[t % 2];
+        const float* kv = rp->kv[t % 2];
         CommRequest send, recv;
         const int more = t < p - 1;
-        if (more) ring_pass_kv(ra, &send, &recv, kv, rb.kv[(t + 1) % 2], owner, incoming);
+        if (more) ring_pass_kv(ra, rp, &send, &recv, kv, rp->kv[(t + 1) % 2], owner, incoming);
         if (t == 0) {
-            row_block_forward(ra, o, lse, qkv, kv, row_train_share(ra, owner));
+            row_block_forward(ra, o, lse, qkv, kv, row_train_share(rp->counts, owner));
         } else {
-            row_block_forward(ra, rb.o_part, rb.lse_part, qkv, kv, row_train_share(ra, owner));
-            row_merge(ra, o, lse, rb.o_part, rb.lse_part);
+            row_block_forward(ra, rp->o_part, rp->lse_part, qkv, kv, row_train_share(rp->counts, owner));
+            row_merge(ra, o, lse, rp->o_part, rp->lse_part);
         }
         if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
     }
 }
 
-// dqkv (B, R, C, 3E) is overwritten
-static void ring_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
-                                    const float* qkv) {
-    Comm* g = ra->group;
+// dqkv's q part += dQ against every block; returns this member's own block's dK/dV, summed
+// over the whole ring (B, rows, C, 2E)
+static const float* ring_backward_blocks(RowAttention* ra, const RingPass* rp, float* dqkv, const float* dout,
+                                         const float* o, const float* lse, const float* qkv) {
+    Comm* g = rp->ring;
     const int p = g->size, me = g->rank, next = (me + 1) % p, prev = (me + p - 1) % p;
-    RingBuffers rb = ring_buffers(ra);
-    fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
-    pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
     CommRequest dkv_send = {}, dkv_recv = {};
     for (int t = 0; t < p; t++) {
         const int owner = (me - t + p) % p, incoming = (me - t - 1 + 2 * p) % p;
-        const float* kv = rb.kv[t % 2];
-        float* dkv = rb.dkv_send[t % 2];
+        const size_t block = ring_block_floats(ra, rp->counts, owner);
+        const float* kv = rp->kv[t % 2];
+        float* dkv = rp->dkv_send[t % 2];
         CommRequest send, recv;
         const int more = t < p - 1;
-        if (more) ring_pass_kv(ra, &send, &recv, kv, rb.kv[(t + 1) % 2], owner, incoming);
+        if (more) ring_pass_kv(ra, rp, &send, &recv, kv, rp->kv[(t + 1) % 2], owner, incoming);
         // this rank's share of the block's gradient, while the accumulator so far is in flight
-        fill_zero(dkv, (long)ring_block_floats(ra, owner));
-        row_block_backward(ra, dqkv, dkv, dout, o, lse, qkv, kv, row_train_share(ra, owner));
+        fill_zero(dkv, (long)block);
+        row_block_backward(ra, dqkv, dkv, dout, o, lse, qkv, kv, row_train_share(rp->counts, owner));
         if (t > 0) {
             comm_wait(&dkv_recv);
-            add_into(dkv, rb.dkv_recv[t % 2], (long)ring_block_floats(ra, owner));
+            add_into(dkv, rp->dkv_recv[t % 2], (long)block);
             comm_wait(&dkv_send); // the send of step t - 1 used the other buffer
         }
         // pass the accumulator on; after the last step it reaches the block's owner (next)
-        comm_send_post(&dkv_send, g, dkv, ring_block_floats(ra, owner), next, RING_TAG_DKV);
-        comm_recv_post(&dkv_recv, g, rb.dkv_recv[(t + 1) % 2], ring_block_floats(ra, incoming), prev, RING_TAG_DKV);
+        comm_send_post(&dkv_send, g, dkv, block, next, RING_TAG_DKV);
+        comm_recv_post(&dkv_recv, g, rp->dkv_recv[(t + 1) % 2], ring_block_floats(ra, rp->counts, incoming), prev,
+                       RING_TAG_DKV);
         if (!ra->overlap) { comm_wait(&dkv_send); comm_wait(&dkv_recv); }
         if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
     }
-    // our own block's accumulator, complete, from the previous rank
+    // our own block's accumulator, complete, from the previous member
     comm_wait(&dkv_recv);
     comm_wait(&dkv_send);
-    unpack_kv_rows_add(dqkv, rb.dkv_recv[p % 2], ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+    return rp->dkv_recv[p % 2];
+}
+
+static RingPass ring_pass_of(RowAttention* ra, const RingBuffers* rb) {
+    RingPass rp = {ra->group, ra, {rb->kv[0], rb->kv[1]}, {rb->dkv_send[0], rb->dkv_send[1]},
+                   {rb->dkv_recv[0], rb->dkv_recv[1]}, rb->o_part, rb->lse_part};
+    return rp;
+}
+
+// o (B, R, C, E), lse (B*C, heads, R) for this rank's rows; qkv (B, R, C, 3E)
+static void ring_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
+    RingBuffers rb = ring_buffers(ra);
+    RingPass rp = ring_pass_of(ra, &rb);
+    pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+    ring_forward_blocks(ra, &rp, o, lse, qkv);
+}
+
+// dqkv (B, R, C, 3E) is overwritten
+static void ring_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
+                                    const float* qkv) {
+    RingBuffers rb = ring_buffers(ra);
+    RingPass rp = ring_pass_of(ra, &rb);
+    fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
+    pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+    const float* own = ring_backward_blocks(ra, &rp, dqkv, dout, o, lse, qkv);
+    unpack_kv_rows_add(dqkv, own, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
 }
