@@ -155,6 +155,20 @@ static void csv_table_free(CsvTable* table) {
     memset(table, 0, sizeof(*table));
 }
 
+// largest remainder: +1 train row to the classes furthest below their quota (and with a
+// test row to spare) until `assigned` reaches n_train; returns the new total
+static int split_raise_train_counts(int* ntrain, const double* quota, const int* count, int K, int assigned, int n_train) {
+    while (assigned < n_train) {
+        int best = -1;
+        for (int k = 0; k < K; k++)
+            if (count[k] > 0 && ntrain[k] < count[k] - 1 && (best < 0 || quota[k] - ntrain[k] > quota[best] - ntrain[best])) best = k;
+        if (best < 0) break;
+        ntrain[best]++;
+        assigned++;
+    }
+    return assigned;
+}
+
 // Stratified train/test split (like sklearn's train_test_split(stratify=y)) into one dataset:
 // rows [0, S) train, [S, R) test, each part in the file's row order.
 // test rows total ceil(test_fraction * rows) as in sklearn; the train rows are shared out
@@ -193,14 +207,7 @@ static void csv_table_stratified_split(TableBatch* out, const CsvTable* table, f
         ntrain[k] = (int)floor(quota[k]);
         assigned += ntrain[k];
     }
-    while (assigned < n_train) {
-        int best = -1;
-        for (int k = 0; k < K; k++)
-            if (count[k] > 0 && ntrain[k] < count[k] - 1 && (best < 0 || quota[k] - ntrain[k] > quota[best] - ntrain[best])) best = k;
-        if (best < 0) break;
-        ntrain[best]++;
-        assigned++;
-    }
+    assigned = split_raise_train_counts(ntrain, quota, count, K, assigned, n_train);
     // at least 1 train and 1 test row per class, then restore the total from the classes with room
     for (int k = 0; k < K; k++) {
         if (count[k] == 0) continue;
@@ -215,14 +222,7 @@ static void csv_table_stratified_split(TableBatch* out, const CsvTable* table, f
         ntrain[best]--;
         assigned--;
     }
-    while (assigned < n_train) {
-        int best = -1;
-        for (int k = 0; k < K; k++)
-            if (count[k] > 0 && ntrain[k] < count[k] - 1 && (best < 0 || quota[k] - ntrain[k] > quota[best] - ntrain[best])) best = k;
-        if (best < 0) break;
-        ntrain[best]++;
-        assigned++;
-    }
+    assigned = split_raise_train_counts(ntrain, quota, count, K, assigned, n_train);
     // bucket rows by class (stable), shuffle each bucket, its first ntrain rows are train
     for (int k = 0; k < K; k++) start[k + 1] = start[k] + count[k];
     {
