@@ -95,37 +95,45 @@ static RingPass group_ring_pass(RowAttention* ra, const RowAttention* grp, const
     return rp;
 }
 
+// one pass of the group ring: this rank's row group, its buffers, and the ring over columns
+typedef struct {
+    MemberRows mr;       // the row group's members and their rows
+    int S_g, R_g;        // train rows and rows of the whole row group
+    GroupRingBuffers gb;
+    RowAttention grp;    // row counts per column member (unit = c); rp points at it
+    RingPass rp;
+} GroupRing;
+
+// fills gr and gathers the row group's train K/V into the first travelling block
+static void group_ring_start(GroupRing* gr, RowAttention* ra, const float* qkv) {
+    member_rows(&gr->mr, &gr->S_g, &gr->R_g, ra, ra->mesh_col->rank * ra->mesh_row->size, ra->mesh_row->size);
+    gr->gb = group_ring_buffers(ra, &gr->mr);
+    gr->grp = row_group_counts(ra);
+    gr->rp = group_ring_pass(ra, &gr->grp, &gr->gb);
+    gather_row_group_kv(ra, gr->gb.kv[0], qkv, &gr->mr, gr->S_g, &gr->gb);
+}
+
 static void group_ring_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
-    MemberRows mr;
-    int S_g, R_g;
-    member_rows(&mr, &S_g, &R_g, ra, ra->mesh_col->rank * ra->mesh_row->size, ra->mesh_row->size);
-    GroupRingBuffers gb = group_ring_buffers(ra, &mr);
-    const RowAttention grp = row_group_counts(ra);
-    RingPass rp = group_ring_pass(ra, &grp, &gb);
-    gather_row_group_kv(ra, gb.kv[0], qkv, &mr, S_g, &gb);
-    ring_forward_blocks(ra, &rp, o, lse, qkv);
+    GroupRing gr;
+    group_ring_start(&gr, ra, qkv);
+    ring_forward_blocks(ra, &gr.rp, o, lse, qkv);
 }
 
 // dqkv (B, R, C, 3E) is overwritten
 static void group_ring_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
                                 const float* qkv) {
-    MemberRows mr;
-    int S_g, R_g;
-    member_rows(&mr, &S_g, &R_g, ra, ra->mesh_col->rank * ra->mesh_row->size, ra->mesh_row->size);
-    GroupRingBuffers gb = group_ring_buffers(ra, &mr);
-    const RowAttention grp = row_group_counts(ra);
-    RingPass rp = group_ring_pass(ra, &grp, &gb);
+    GroupRing gr;
+    group_ring_start(&gr, ra, qkv);
     fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
-    gather_row_group_kv(ra, gb.kv[0], qkv, &mr, S_g, &gb);
-    const float* dkv = ring_backward_blocks(ra, &rp, dqkv, dout, o, lse, qkv);
+    const float* dkv = ring_backward_blocks(ra, &gr.rp, dqkv, dout, o, lse, qkv);
     // our row group's dK/dV from every query of this column: split into the members' parts
     // and sum them over the row group (the other columns), each member receiving its own
     const long row_floats = (long)ra->C * 2 * ra->E;
-    for (int m = 0; m < mr.count; m++)
-        copy_blocks(gb.parts + m * gb.member_block, mr.train[m] * row_floats, dkv + mr.vtrain[m] * row_floats,
-                    S_g * row_floats, ra->B, mr.train[m] * row_floats);
-    comm_reduce_scatter_sum(ra->mesh_row, gb.own, gb.parts, gb.member_block);
-    unpack_kv_rows_add(dqkv, gb.own, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
+    for (int m = 0; m < gr.mr.count; m++)
+        copy_blocks(gr.gb.parts + m * gr.gb.member_block, gr.mr.train[m] * row_floats,
+                    dkv + gr.mr.vtrain[m] * row_floats, gr.S_g * row_floats, ra->B, gr.mr.train[m] * row_floats);
+    comm_reduce_scatter_sum(ra->mesh_row, gr.gb.own, gr.gb.parts, gr.gb.member_block);
+    unpack_kv_rows_add(dqkv, gr.gb.own, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
 }
 
 // ----------------------------------------------------------------------------

@@ -33,10 +33,11 @@ def step_flops(B, R, F, S, E, H, L, K):
     return L * per_layer + 3 * decoder_fwd
 
 
-def run_json(cmd, prefix=None):
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+def run_json(cmd, prefix=None, env=None):
+    """Runs cmd in the repository root; returns its first JSON line (or the one after prefix)."""
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed:\n{out.stderr.strip()}")
+        sys.exit(f"bench: {' '.join(cmd)} failed:\n{out.stderr.strip()[-2000:]}")
     for line in out.stdout.splitlines():
         if prefix is None and line.startswith("{"):
             return json.loads(line)

@@ -15,10 +15,8 @@ usage: python3 scripts/bench_sharded.py [--rows 16384] [--train-rows 2048] [--st
 import argparse
 import json
 import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import run_json  # scripts/ is on sys.path when this script runs
 
 
 def run(np_, strategy, args, extra=()):
@@ -32,14 +30,7 @@ def run(np_, strategy, args, extra=()):
     if np_ == 1:
         cmd = cmd[4:]  # one process needs no mpirun
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.exit(f"bench_sharded: {' '.join(cmd)} failed:\n{out.stderr.strip()[-2000:]}")
-    for line in out.stdout.splitlines():
-        if line.startswith("summary "):
-            return json.loads(line[len("summary "):])
-    sys.exit(f"bench_sharded: no summary from {' '.join(cmd)}")
-
+    return run_json(cmd, prefix="summary ", env=env)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
