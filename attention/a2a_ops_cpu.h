@@ -10,22 +10,7 @@
 #pragma once
 #include <omp.h>
 #include "../model/common.h"
-
-enum { A2A_MAX_MEMBERS = 1024 };
-
-// where the rows of every member of an a2a group sit in the virtual table
-typedef struct {
-    int count;                   // members
-    int rows[A2A_MAX_MEMBERS];   // rows member m holds: its train rows, then its test rows
-    int train[A2A_MAX_MEMBERS];  // of which train rows
-    int vtrain[A2A_MAX_MEMBERS]; // virtual row of its first train row
-    int vtest[A2A_MAX_MEMBERS];  // virtual row of its first test row
-} MemberRows;
-
-// virtual row of member m's local row r
-static inline int member_vrow(const MemberRows* mr, int m, int r) {
-    return r < mr->train[m] ? mr->vtrain[m] + r : mr->vtest[m] + (r - mr->train[m]);
-}
+#include "member_rows.h"
 
 // ----------------------------------------------------------------------------
 // row side

@@ -8,25 +8,9 @@
 #pragma once
 #include <omp.h>
 #include "../model/common.h"
+#include "axis_layout.h"
 
-typedef struct {
-    long outer_stride; // elements between sequences n and n + n_inner
-    long inner_stride; // elements between sequences n and n + 1 within one outer block
-    long seq_stride;   // elements between consecutive positions of one sequence
-    int n_inner;       // sequences per outer block
-} AxisLayout;
-
-static inline long axis_offset(AxisLayout layout, long n) {
-    return (n / layout.n_inner) * layout.outer_stride + (n % layout.n_inner) * layout.inner_stride;
-}
-
-// a contiguous (n_batch, seq, heads * head_dim) buffer, e.g. a received K/V block
-static inline AxisLayout axis_layout_contiguous(int seq_len, int heads, int head_dim) {
-    AxisLayout layout = {(long)seq_len * heads * head_dim, 0, (long)heads * head_dim, 1};
-    return layout;
-}
-
-enum { FA_Q_TILE = 32, FA_KV_TILE = 64, FA_MAX_HEAD_DIM = 128, FA_QB = 4 };
+enum { FA_Q_TILE = 32, FA_KV_TILE = 64, FA_QB = 4 };
 
 template <typename T>
 static inline T fa_dot(const T* a, const T* b, int d) {

@@ -10,6 +10,13 @@
 #include <errno.h>
 #include <time.h>
 
+// functions that CUDA kernels call as well as host code (nvcc needs to be told)
+#ifdef __CUDACC__
+#define MOSAIC_HOST_DEVICE __host__ __device__
+#else
+#define MOSAIC_HOST_DEVICE
+#endif
+
 // ----------------------------------------------------------------------------
 // errors: one line naming the problem, then a non-zero exit.
 // Under MPI the communicator installs an abort hook so that one failing rank
