@@ -16,7 +16,6 @@
 #include <signal.h>
 #include <unistd.h>
 #include <sys/resource.h>
-#include <omp.h>
 #include "model/common.h"
 #include "model/tabpfn.h"
 #include "model/tensor_file.h"
@@ -25,7 +24,7 @@
 #include "dataloader/prior.h"
 #include "dataloader/prior_dump.h"
 #include "dataloader/csv_table.h"
-#include "dataloader/row_shard.h"
+#include "dataloader/shard_batch.h"
 #include "attention/row_cost_model.h"
 
 // ----------------------------------------------------------------------------
@@ -405,7 +404,7 @@ static EvalResult evaluate(TabPFN* model, const CsvTable* table, TableBatch* glo
     float* mine = (float*)callocCheck((size_t)t_max * K * sizeof(float));
     float* all = (float*)mallocCheck((size_t)p * t_max * K * sizeof(float));
     device_copy_to_host(mine, model->acts.probs, (size_t)share_count(T, p, k) * K * sizeof(float));
-    comm_allgather(seq, all, mine, (size_t)t_max * K);
+    comm_host_allgather(seq, all, mine, (size_t)t_max * K);
     float* score = (float*)mallocCheck(T * sizeof(float));
     int* positive = (int*)mallocCheck(T * sizeof(int));
     int correct = 0;
@@ -480,25 +479,14 @@ static void setup_parallel(ParallelLayout* pl, const TrainArgs* a, int argc, cha
         mosaic_fail("--dp %d x --sp %d = %d ranks, but the job has %d (mpirun -np)", pl->dp, pl->sp, pl->dp * pl->sp, w->size);
     if (a->batch < pl->dp) mosaic_fail("--batch %d cannot give each of --dp %d groups a dataset", a->batch, pl->dp);
     const long h = (long)(hash_args(argc, argv) >> 1);
-    if (comm_allreduce_min_long(w, h) != comm_allreduce_max_long(w, h))
+    if (comm_host_allreduce_min_long(w, h) != comm_host_allreduce_max_long(w, h))
         mosaic_fail("the ranks were started with different flags: every rank must run the same configuration");
     pl->dp_index = w->rank / pl->sp;
     comm_split(&pl->seq, w, pl->dp_index, w->rank);
     pl->seq_rank = pl->seq.rank;
 
     // topology: ranks that share memory are on one node
-    pl->ranks_per_node = a->ranks_per_node;
-    if (!pl->ranks_per_node) {
-        if (w->size == 1) pl->ranks_per_node = 1;
-        else {
-            MPI_Comm node;
-            MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w->rank, MPI_INFO_NULL, &node));
-            int n;
-            MPI_Comm_size(node, &n);
-            MPI_Comm_free(&node);
-            pl->ranks_per_node = (int)comm_allreduce_min_long(w, n);
-        }
-    }
+    pl->ranks_per_node = a->ranks_per_node ? a->ranks_per_node : comm_host_node_local_size(w);
 
     // one strategy per layer
     const int L = a->model.L;
@@ -629,7 +617,7 @@ int main(int argc, char** argv) {
     TrainArgs args;
     train_args_default(&args);
     parse_args(&args, argc, argv);
-    if (args.threads > 0) omp_set_num_threads(args.threads);
+    backend_init(args.threads);
     signal(SIGINT, on_stop_signal);
     signal(SIGTERM, on_stop_signal);
     if (args.write_prior_dump) {
@@ -706,7 +694,7 @@ int main(int argc, char** argv) {
     if (root) {
         printf("mosaic train_tabpfn | %zu parameters | E %d heads %d hidden %d layers %d outputs %d | threads %d\n",
                model.num_parameters, args.model.E, args.model.heads, args.model.H, args.model.L, args.model.outputs,
-               omp_get_max_threads());
+               backend_threads());
         if (args.prior_dump) printf("data: prior dump '%s' (%d datasets) | batch %d\n", args.prior_dump, dump.num_datasets, args.batch);
         else printf("data: built-in prior | rows %d-%d | features %d-%d | classes %d | batch %d\n", args.prior.min_rows,
                     args.prior.max_rows, args.prior.min_features, args.prior.max_features, args.prior.num_classes, args.batch);
@@ -733,6 +721,7 @@ int main(int argc, char** argv) {
             bytes_at_first = row_bytes_sent(&pl);
             wait_at_first = row_wait_seconds(&pl);
         }
+        device_synchronize(); // the clock reads finished work only
         double t0 = wall_seconds();
         if (args.prior_dump) prior_dump_next_batch(&batch, &dump, args.batch);
         else prior_sample_batch(&batch, &prior, args.batch);
@@ -751,6 +740,7 @@ int main(int argc, char** argv) {
         }
         tabpfn_backward(&model);
         float grad_norm = tabpfn_update(&model, &args.opt, step);
+        device_synchronize();
         double dt = wall_seconds() - t0;
         float loss = model.mean_loss;
         if (!isfinite(loss) || !isfinite(grad_norm))
@@ -780,7 +770,7 @@ int main(int argc, char** argv) {
         if (root && args.checkpoint_path && args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0)
             checkpoint_save(args.checkpoint_path, &model, step + 1, args.seed);
         // a signal may reach the ranks at different steps: stop together
-        stop = (int)comm_allreduce_max_long(&pl.world, stop_requested);
+        stop = (int)comm_host_allreduce_max_long(&pl.world, stop_requested);
     }
     if (step < args.steps) { // interrupted, or --stop-at: keep everything for --resume
         const char* path = args.checkpoint_path ? args.checkpoint_path : "train_tabpfn_interrupted.ckpt";
@@ -808,9 +798,9 @@ int main(int argc, char** argv) {
     double wait_ms = steps_timed ? 1000.0 * (row_wait_seconds(&pl) - wait_at_first) / steps_timed : NAN;
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
-    long rss_kb = comm_allreduce_max_long(&pl.world, usage.ru_maxrss);
-    long row_kb = comm_allreduce_max_long(&pl.world, isfinite(row_mb) ? (long)(row_mb * 1000.0) : -1);
-    long wait_us = comm_allreduce_max_long(&pl.world, isfinite(wait_ms) ? (long)(wait_ms * 1000.0) : -1);
+    long rss_kb = comm_host_allreduce_max_long(&pl.world, usage.ru_maxrss);
+    long row_kb = comm_host_allreduce_max_long(&pl.world, isfinite(row_mb) ? (long)(row_mb * 1000.0) : -1);
+    long wait_us = comm_host_allreduce_max_long(&pl.world, isfinite(wait_ms) ? (long)(wait_ms * 1000.0) : -1);
     double predicted_mb = 0.0;
     for (int l = 0; l < args.model.L; l++) predicted_mb += row_strategy_bytes(pl.row_strategy[l], &pl.cost) / 1e6;
     if (root) {
@@ -829,7 +819,7 @@ int main(int argc, char** argv) {
                "\"row_mb_per_step_per_rank\": %s, \"predicted_row_mb_per_step_per_rank\": %.6f, "
                "\"comm_wait_ms_per_step\": %s, \"peak_rss_mb\": %.1f, "
                "\"eval\": {\"table\": \"%s\", \"roc_auc\": %s, \"accuracy\": %s}}\n",
-               step, final_loss, last, ms, rate, args.batch, omp_get_max_threads(), model.num_parameters,
+               step, final_loss, last, ms, rate, args.batch, backend_threads(), model.num_parameters,
                pl.world.size, pl.dp, sp, row_strategy_names[pl.row_strategy[0]], args.no_overlap ? "false" : "true",
                rmb, predicted_mb, wms, rss_kb / 1024.0, args.eval_csv ? args.eval_csv : "none", auc, acc);
     }

@@ -6,8 +6,9 @@
 // k at E, v at 2E of each cell; head h uses dims [h*d, (h+1)*d) of each.
 // This file holds no tensor access of its own: it only builds layouts.
 #pragma once
-#include "flash_attention_cpu.h"
-#include "../model/ops_cpu.h"
+#include "axis_layout.h"
+#include "attention_ops.h"
+#include "../model/ops.h"
 
 // layout of the feature axis of a (B, R, C, width) buffer
 static inline AxisLayout feature_axis_layout(int C, int width) {

@@ -19,10 +19,10 @@
 // forward (c-1)/c (B C E (R_k + 2 S_k) + B C (E + heads) R_k) b ~ 4 (c-1)/c (N/p) C E b;
 // backward (c-1)/c B C E (2 R_k + 2 S_k) b, the same order.
 #pragma once
-#include "row_shard.h"
+#include "row_context.h"
 #include "row_ring.h"
 #include "row_allgather.h"
-#include "a2a_ops_cpu.h"
+#include "member_rows.h"
 
 // the dispatcher asks: does a layer's forward leave state in its scratch for its backward?
 static int a2a_attention_keeps_state(void) { return 1; }
@@ -65,10 +65,6 @@ static A2aSizes a2a_sizes(RowCapacity cap, int p, int c) {
     return sz;
 }
 
-static size_t a2a_sizes_total(A2aSizes sz) { return sz.qkv_v + sz.o_v + sz.lse_v + 2 * sz.xfer + sz.outer; }
-
-static size_t a2a_attention_scratch_floats(RowCapacity cap, int p) { return a2a_sizes_total(a2a_sizes(cap, p, p)); }
-
 typedef struct {
     float* qkv_v;  // (n_own, R_v, 1, 3d) q, k, v of the owned problems (k, v of train rows only)
     float* o_v;    // (n_own, R_v, 1, d)
@@ -79,17 +75,29 @@ typedef struct {
     A2aSizes sz;
 } A2aBuffers;
 
+// the buffers of an all-to-all over groups of c at capacity, from base (NULL: sizing only);
+// returns the floats they take
+static size_t a2a_layout(A2aBuffers* ab, float* base, RowCapacity cap, int p, int c) {
+    ab->sz = a2a_sizes(cap, p, c);
+    ScratchCursor cur = {base, 0};
+    ab->qkv_v = scratch_take(&cur, ab->sz.qkv_v);
+    ab->o_v = scratch_take(&cur, ab->sz.o_v);
+    ab->lse_v = scratch_take(&cur, ab->sz.lse_v);
+    ab->send = scratch_take(&cur, ab->sz.xfer);
+    ab->recv = scratch_take(&cur, ab->sz.xfer);
+    ab->outer = scratch_take(&cur, ab->sz.outer);
+    return cur.used;
+}
+
+static size_t a2a_attention_scratch_floats(RowCapacity cap, int p) {
+    A2aBuffers ab;
+    return a2a_layout(&ab, NULL, cap, p, p);
+}
+
 static A2aBuffers a2a_buffers(const RowAttention* ra, int c) {
     A2aBuffers ab;
-    ab.sz = a2a_sizes(ra->cap, ra->group->size, c);
-    MOSAIC_CHECK(a2a_sizes_total(ab.sz) <= ra->scratch_floats, "a2a scratch sized for another grid");
-    float* s = ra->scratch;
-    ab.qkv_v = s; s += ab.sz.qkv_v;
-    ab.o_v = s; s += ab.sz.o_v;
-    ab.lse_v = s; s += ab.sz.lse_v;
-    ab.send = s; s += ab.sz.xfer;
-    ab.recv = s; s += ab.sz.xfer;
-    ab.outer = s;
+    MOSAIC_CHECK(a2a_layout(&ab, ra->scratch, ra->cap, ra->group->size, c) <= ra->scratch_floats,
+                 "a2a scratch sized for another grid");
     return ab;
 }
 

@@ -4,14 +4,7 @@
 // Volume per rank per layer: forward 2 Nt C E b (p - 1)/p; backward twice that (gather
 // again, then reduce-scatter).
 #pragma once
-#include "row_shard.h"
-
-// buffers: p gathered blocks, p dK/dV blocks, one own block, one partial output and lse
-static size_t allgather_attention_scratch_floats(RowCapacity cap, int p) {
-    size_t block = (size_t)cap.max_B * row_cap_train_block(cap, p) * cap.max_C * 2 * cap.E;
-    size_t rows = (size_t)cap.max_B * row_cap_block(cap, p) * cap.max_C;
-    return (2 * (size_t)p + 1) * block + rows * cap.E + rows * cap.heads;
-}
+#include "row_context.h"
 
 typedef struct {
     float* gathered; // (p, block) every rank's K/V block, padded to the largest
@@ -19,21 +12,31 @@ typedef struct {
     float* own;      // (block) this rank's K/V, then its summed dK/dV
     float* o_part;
     float* lse_part;
-    size_t block;    // floats per padded block
+    size_t block;    // floats per padded block of this batch
 } AllgatherBuffers;
 
-static AllgatherBuffers allgather_buffers(const RowAttention* ra) {
-    const int p = ra->group->size;
+// p gathered blocks, p dK/dV blocks, one own block, one partial output and lse at capacity,
+// from base (NULL: sizing only); returns the floats they take
+static size_t allgather_layout(AllgatherBuffers* ab, float* base, RowCapacity cap, int p) {
+    const size_t block = row_cap_kv_floats(cap, p);
+    ScratchCursor cur = {base, 0};
+    ab->gathered = scratch_take(&cur, p * block);
+    ab->dkv = scratch_take(&cur, p * block);
+    ab->own = scratch_take(&cur, block);
+    scratch_take_partial(&cur, cap, p, &ab->o_part, &ab->lse_part);
+    return cur.used;
+}
+
+static size_t allgather_attention_scratch_floats(RowCapacity cap, int p) {
     AllgatherBuffers ab;
+    return allgather_layout(&ab, NULL, cap, p);
+}
+
+static AllgatherBuffers allgather_buffers(const RowAttention* ra) {
+    AllgatherBuffers ab;
+    allgather_layout(&ab, ra->scratch, ra->cap, ra->group->size);
     // blocks are padded to the largest share of this batch, so one equal-count collective fits
     ab.block = (size_t)ra->B * row_train_share(ra, 0) * ra->C * 2 * ra->E; // member 0 holds the most
-    size_t cap_block = (size_t)ra->cap.max_B * row_cap_train_block(ra->cap, p) * ra->cap.max_C * 2 * ra->cap.E;
-    size_t rows = (size_t)ra->cap.max_B * row_cap_block(ra->cap, p) * ra->cap.max_C;
-    ab.gathered = ra->scratch;
-    ab.dkv = ab.gathered + p * cap_block;
-    ab.own = ab.dkv + p * cap_block;
-    ab.o_part = ab.own + cap_block;
-    ab.lse_part = ab.o_part + rows * ra->cap.E;
     return ab;
 }
 
@@ -59,10 +62,10 @@ static void allgather_attention_backward(RowAttention* ra, float* dqkv, const fl
                                          const float* lse, const float* qkv) {
     const int p = ra->group->size;
     AllgatherBuffers ab = allgather_buffers(ra);
-    fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
+    device_memset_zero(dqkv, (size_t)ra->B * ra->R * ra->C * 3 * ra->E * sizeof(float));
     pack_kv_rows(ab.own, qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
     comm_allgather(ra->group, ab.gathered, ab.own, ab.block);
-    fill_zero(ab.dkv, (long)p * ab.block);
+    device_memset_zero(ab.dkv, p * ab.block * sizeof(float));
     for (int k = 0; k < p; k++)
         row_block_backward(ra, dqkv, ab.dkv + k * ab.block, dout, o, lse, qkv, ab.gathered + k * ab.block,
                            row_train_share(ra, k));

@@ -1,7 +1,7 @@
 // Row attention, dispatched per layer to the strategy chosen for it. The model calls only
 // row_attention_forward / row_attention_backward; each strategy lives in its own file.
 #pragma once
-#include "row_shard.h"
+#include "row_context.h"
 #include "row_allgather.h"
 #include "row_ring.h"
 #include "row_a2a.h"

@@ -29,17 +29,6 @@ static int composed_attention_keeps_state(void) { return 1; }
 // ----------------------------------------------------------------------------
 // inner = allgather, outer = ring: the "group ring"
 
-// floats of a member's K/V block (B, blk, C, 2E) at capacity; a row group's block is c of them
-static size_t group_ring_member_floats(RowCapacity cap, int p) {
-    return (size_t)cap.max_B * row_cap_train_block(cap, p) * cap.max_C * 2 * cap.E;
-}
-
-// buffers: c + 1 member blocks, 6 row-group blocks, one partial output and lse
-static size_t group_ring_scratch_floats(RowCapacity cap, int p, int c) {
-    const size_t member = group_ring_member_floats(cap, p), rows = (size_t)cap.max_B * row_cap_block(cap, p) * cap.max_C;
-    return (c + 1) * member + 6 * c * member + rows * cap.E + rows * cap.heads;
-}
-
 typedef struct {
     float* parts;        // (c, member block) the members' K/V as gathered, later their dK/dV
     float* own;          // (member block) this rank's K/V (B, S, C, 2E), later its summed dK/dV
@@ -51,20 +40,24 @@ typedef struct {
     size_t member_block; // floats of one padded member block of this batch
 } GroupRingBuffers;
 
+// c + 1 member blocks, 6 row-group blocks (c member blocks each), one partial output and lse
+// at capacity, from base (NULL: sizing only); returns the floats they take
+static size_t group_ring_layout(GroupRingBuffers* gb, float* base, RowCapacity cap, int p, int c) {
+    const size_t member = row_cap_kv_floats(cap, p);
+    ScratchCursor cur = {base, 0};
+    gb->parts = scratch_take(&cur, c * member);
+    gb->own = scratch_take(&cur, member);
+    for (int i = 0; i < 2; i++) gb->kv[i] = scratch_take(&cur, c * member);
+    for (int i = 0; i < 2; i++) gb->dkv_send[i] = scratch_take(&cur, c * member);
+    for (int i = 0; i < 2; i++) gb->dkv_recv[i] = scratch_take(&cur, c * member);
+    scratch_take_partial(&cur, cap, p, &gb->o_part, &gb->lse_part);
+    return cur.used;
+}
+
 static GroupRingBuffers group_ring_buffers(const RowAttention* ra, const MemberRows* mr) {
-    const int p = ra->group->size, c = mr->count;
-    const size_t member = group_ring_member_floats(ra->cap, p);
-    const size_t rows = (size_t)ra->cap.max_B * row_cap_block(ra->cap, p) * ra->cap.max_C;
-    MOSAIC_CHECK(group_ring_scratch_floats(ra->cap, p, c) <= ra->scratch_floats, "composed scratch sized for another grid");
     GroupRingBuffers gb;
-    float* s = ra->scratch;
-    gb.parts = s; s += c * member;
-    gb.own = s; s += member;
-    for (int i = 0; i < 2; i++) { gb.kv[i] = s; s += c * member; }
-    for (int i = 0; i < 2; i++) { gb.dkv_send[i] = s; s += c * member; }
-    for (int i = 0; i < 2; i++) { gb.dkv_recv[i] = s; s += c * member; }
-    gb.o_part = s; s += rows * ra->cap.E;
-    gb.lse_part = s;
+    MOSAIC_CHECK(group_ring_layout(&gb, ra->scratch, ra->cap, ra->group->size, mr->count) <= ra->scratch_floats,
+                 "composed scratch sized for another grid");
     // blocks padded to the row group's largest, its first member's, for one equal-count collective
     gb.member_block = (size_t)ra->B * mr->train[0] * ra->C * 2 * ra->E;
     return gb;
@@ -124,7 +117,7 @@ static void group_ring_backward(RowAttention* ra, float* dqkv, const float* dout
                                 const float* qkv) {
     GroupRing gr;
     group_ring_start(&gr, ra, qkv);
-    fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
+    device_memset_zero(dqkv, (size_t)ra->B * ra->R * ra->C * 3 * ra->E * sizeof(float));
     const float* dkv = ring_backward_blocks(ra, &gr.rp, dqkv, dout, o, lse, qkv);
     // our row group's dK/dV from every query of this column: split into the members' parts
     // and sum them over the row group (the other columns), each member receiving its own
@@ -141,8 +134,10 @@ static void group_ring_backward(RowAttention* ra, float* dqkv, const float* dout
 
 static size_t composed_attention_scratch_floats(RowCapacity cap, int p) {
     const int c = cap.mesh_c >= 1 && p % cap.mesh_c == 0 ? cap.mesh_c : p;
-    size_t n = a2a_sizes_total(a2a_sizes(cap, p, c));
-    size_t group_ring = group_ring_scratch_floats(cap, p, c);
+    A2aBuffers ab;
+    GroupRingBuffers gb;
+    size_t n = a2a_layout(&ab, NULL, cap, p, c);
+    size_t group_ring = group_ring_layout(&gb, NULL, cap, p, c);
     size_t gather = allgather_attention_scratch_floats(cap, p), ring = ring_attention_scratch_floats(cap, p);
     if (group_ring > n) n = group_ring;
     if (gather > n) n = gather;

@@ -6,7 +6,7 @@
 // Sizes per rank: N = rows of its datasets (B_local x R), Nt = their train rows, C columns,
 // E embedding, h heads, b = 4 bytes, p ranks in the group, grid r x c for the 2-D strategies.
 #pragma once
-#include "row_shard.h"
+#include "row_context.h"
 
 typedef struct {
     double rows, train_rows; // N and Nt of the whole tables held by the group (B_local x R, B_local x S)

@@ -13,34 +13,9 @@
 //   backward (c-1)/p N C (4E + heads) + 4 (r-1)/p Nt C E   ~ (4N/r + 4Nt/c) C E b
 // Blocks are padded to the batch's largest share, so the equal-count collectives fit.
 #pragma once
-#include "row_shard.h"
+#include "row_context.h"
 
 static int mesh2d_attention_keeps_state(void) { return 0; }
-
-// the buffers at capacity: q rows (cap of one share) and kv train rows per block
-static inline size_t mesh2d_cap_rows(RowCapacity cap, int p) {
-    return (size_t)cap.max_B * row_cap_block(cap, p) * cap.max_C;
-}
-static inline size_t mesh2d_cap_kv_block(RowCapacity cap, int p) {
-    return (size_t)cap.max_B * row_cap_train_block(cap, p) * cap.max_C * 2 * cap.E;
-}
-// forward: own Q, c gathered Q blocks, c partial (O, LSE) blocks sent and c received
-static inline size_t mesh2d_cap_forward_rows(RowCapacity cap, int p) {
-    const size_t rows = mesh2d_cap_rows(cap, p), c = cap.mesh_c;
-    return (1 + c) * rows * cap.E + 2 * c * rows * (cap.E + cap.heads);
-}
-// backward: own (Q, O, dO, LSE), c gathered ones, c dQ blocks
-static inline size_t mesh2d_cap_backward_rows(RowCapacity cap, int p) {
-    const size_t rows = mesh2d_cap_rows(cap, p), c = cap.mesh_c;
-    return (1 + c) * rows * (3 * cap.E + cap.heads) + c * rows * cap.E;
-}
-
-// the rows region serves the forward's buffers and then the backward's; the K/V region holds
-// own K/V, r gathered blocks, the joined key set and its dK/dV
-static size_t mesh2d_attention_scratch_floats(RowCapacity cap, int p) {
-    const size_t fw = mesh2d_cap_forward_rows(cap, p), bw = mesh2d_cap_backward_rows(cap, p);
-    return (fw > bw ? fw : bw) + (1 + 3 * (size_t)cap.mesh_r) * mesh2d_cap_kv_block(cap, p);
-}
 
 typedef struct {
     // forward
@@ -68,6 +43,34 @@ typedef struct {
 // member j' of the row group holds chunk i c + j'; member i' of the column group chunk i' c + j
 static inline int mesh2d_row_chunk(const Mesh2dBuffers* mb, int jj) { return mb->i * mb->c + jj; }
 static inline int mesh2d_col_chunk(const Mesh2dBuffers* mb, int ii) { return ii * mb->c + mb->j; }
+
+// The buffers at capacity, from base (NULL: sizing only); returns the floats they take.
+// A rows region serves the forward's buffers and then the backward's (the same memory); the
+// K/V region holds own K/V, r gathered blocks, the joined key set and its dK/dV.
+static size_t mesh2d_layout(Mesh2dBuffers* mb, float* base, RowCapacity cap, int p) {
+    const size_t rows = row_cap_cells(cap, p), kv_block = row_cap_kv_floats(cap, p);
+    const size_t c = cap.mesh_c, r = cap.mesh_r;
+    ScratchCursor fw = {base, 0};
+    mb->q_own = scratch_take(&fw, rows * cap.E);
+    mb->q_all = scratch_take(&fw, c * rows * cap.E);
+    mb->part_send = scratch_take(&fw, c * rows * (cap.E + cap.heads));
+    mb->part_recv = scratch_take(&fw, c * rows * (cap.E + cap.heads));
+    ScratchCursor bw = {base, 0};
+    mb->bw_own = scratch_take(&bw, rows * (3 * cap.E + cap.heads));
+    mb->bw_all = scratch_take(&bw, c * rows * (3 * cap.E + cap.heads));
+    mb->dq_all = scratch_take(&bw, c * rows * cap.E);
+    ScratchCursor cur = {base, fw.used > bw.used ? fw.used : bw.used};
+    mb->kv_own = scratch_take(&cur, kv_block);
+    mb->kv_all = scratch_take(&cur, r * kv_block);
+    mb->kv = scratch_take(&cur, r * kv_block);
+    mb->dkv = scratch_take(&cur, r * kv_block);
+    return cur.used;
+}
+
+static size_t mesh2d_attention_scratch_floats(RowCapacity cap, int p) {
+    Mesh2dBuffers mb;
+    return mesh2d_layout(&mb, NULL, cap, p);
+}
 
 static Mesh2dBuffers mesh2d_buffers(const RowAttention* ra) {
     const int p = ra->group->size, k = ra->group->rank;
@@ -99,23 +102,7 @@ static Mesh2dBuffers mesh2d_buffers(const RowAttention* ra) {
     mb.bblock = rows * (3 * ra->E + ra->heads);
     mb.kvblock = (size_t)ra->B * mb.smax * ra->C * 2 * ra->E;
 
-    const RowCapacity cap = ra->cap;
-    const size_t cap_rows = mesh2d_cap_rows(cap, p), cap_kv = mesh2d_cap_kv_block(cap, p);
-    const size_t fw = mesh2d_cap_forward_rows(cap, p), bw = mesh2d_cap_backward_rows(cap, p);
-    float* s = ra->scratch;
-    mb.q_own = s;
-    mb.q_all = mb.q_own + cap_rows * cap.E;
-    mb.part_send = mb.q_all + cap.mesh_c * cap_rows * cap.E;
-    mb.part_recv = mb.part_send + cap.mesh_c * cap_rows * (cap.E + cap.heads);
-    mb.bw_own = s;
-    mb.bw_all = mb.bw_own + cap_rows * (3 * cap.E + cap.heads);
-    mb.dq_all = mb.bw_all + cap.mesh_c * cap_rows * (3 * cap.E + cap.heads);
-    s += fw > bw ? fw : bw;
-    mb.kv_own = s;
-    mb.kv_all = mb.kv_own + cap_kv;
-    mb.kv = mb.kv_all + cap.mesh_r * cap_kv;
-    mb.dkv = mb.kv + cap.mesh_r * cap_kv;
-    MOSAIC_CHECK(mb.dkv + cap.mesh_r * cap_kv <= ra->scratch + ra->scratch_floats, "mesh2d: scratch too small");
+    MOSAIC_CHECK(mesh2d_layout(&mb, ra->scratch, ra->cap, p) <= ra->scratch_floats, "mesh2d: scratch too small");
     return mb;
 }
 
@@ -190,8 +177,8 @@ static void mesh2d_attention_backward(RowAttention* ra, float* dqkv, const float
     comm_allgather(ra->mesh_row, mb.bw_all, mb.bw_own, mb.bblock);
     mesh2d_gather_kv(ra, &mb, qkv);
 
-    fill_zero(mb.dq_all, (long)mb.c * mb.qblock);
-    fill_zero(mb.dkv, (long)B * mb.St * C * 2 * E);
+    device_memset_zero(mb.dq_all, mb.c * mb.qblock * sizeof(float));
+    device_memset_zero(mb.dkv, (size_t)B * mb.St * C * 2 * E * sizeof(float));
     for (int jj = 0; jj < mb.c; jj++) { // sequential: the chunks all add into dkv
         const int n = row_share(ra, mesh2d_row_chunk(&mb, jj));
         const float* q = mb.bw_all + jj * mb.bblock;
@@ -204,7 +191,7 @@ static void mesh2d_attention_backward(RowAttention* ra, float* dqkv, const float
                                  row_attention_scale(ra));
     }
     // dQ back to the owners over the row group, dK/dV over the column group
-    fill_zero(dqkv, rows * C * 3 * E);
+    device_memset_zero(dqkv, (size_t)rows * C * 3 * E * sizeof(float));
     float* dq_own = mb.bw_own; // (B, R, C, E); the packed block is spent
     comm_reduce_scatter_sum(ra->mesh_row, dq_own, mb.dq_all, mb.qblock);
     copy_blocks(dqkv, 3 * E, dq_own, E, rows * C, E);

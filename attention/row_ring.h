@@ -7,16 +7,9 @@
 // share and passes it on, and after p steps each accumulator is back at its owner. dQ stays
 // local. Volume per rank per layer: forward 2 Nt C E b (p - 1)/p, backward twice that.
 #pragma once
-#include "row_shard.h"
+#include "row_context.h"
 
 enum { RING_TAG_KV = 101, RING_TAG_DKV = 102 };
-
-// buffers: kv[2], dkv_send[2], dkv_recv[2] blocks, one partial output and lse
-static size_t ring_attention_scratch_floats(RowCapacity cap, int p) {
-    size_t block = (size_t)cap.max_B * row_cap_train_block(cap, p) * cap.max_C * 2 * cap.E;
-    size_t rows = (size_t)cap.max_B * row_cap_block(cap, p) * cap.max_C;
-    return 6 * block + rows * cap.E + rows * cap.heads;
-}
 
 typedef struct {
     float* kv[2];
@@ -26,19 +19,21 @@ typedef struct {
     float* lse_part; // (B*C, heads, R)
 } RingBuffers;
 
-static RingBuffers ring_buffers(const RowAttention* ra) {
-    const int p = ra->group->size;
-    size_t block = (size_t)ra->cap.max_B * row_cap_train_block(ra->cap, p) * ra->cap.max_C * 2 * ra->cap.E;
-    size_t rows = (size_t)ra->cap.max_B * row_cap_block(ra->cap, p) * ra->cap.max_C;
+// kv[2], dkv_send[2], dkv_recv[2] blocks, one partial output and lse, from base (NULL: sizing
+// only); returns the floats they take
+static size_t ring_layout(RingBuffers* rb, float* base, RowCapacity cap, int p) {
+    const size_t block = row_cap_kv_floats(cap, p);
+    ScratchCursor cur = {base, 0};
+    for (int i = 0; i < 2; i++) rb->kv[i] = scratch_take(&cur, block);
+    for (int i = 0; i < 2; i++) rb->dkv_send[i] = scratch_take(&cur, block);
+    for (int i = 0; i < 2; i++) rb->dkv_recv[i] = scratch_take(&cur, block);
+    scratch_take_partial(&cur, cap, p, &rb->o_part, &rb->lse_part);
+    return cur.used;
+}
+
+static size_t ring_attention_scratch_floats(RowCapacity cap, int p) {
     RingBuffers rb;
-    float* s = ra->scratch;
-    for (int i = 0; i < 2; i++) { rb.kv[i] = s; s += block; }
-    for (int i = 0; i < 2; i++) { rb.dkv_send[i] = s; s += block; }
-    for (int i = 0; i < 2; i++) { rb.dkv_recv[i] = s; s += block; }
-    rb.o_part = s;
-    s += rows * ra->cap.E;
-    rb.lse_part = s;
-    return rb;
+    return ring_layout(&rb, NULL, cap, p);
 }
 
 // The ring loops, shared with composed's ring over grid columns (row_composed.h): the ring
@@ -60,16 +55,13 @@ static inline size_t ring_block_floats(const RowAttention* ra, const RowAttentio
 
 // posts the hop of K/V block `owner` to the next member and of block `incoming` from the
 // previous one; without overlap it waits at once, so the transfer is not hidden
-static void ring_pass_kv(const RowAttention* ra, const RingPass* rp, CommRequest* send, CommRequest* recv,
-                         const float* kv, float* kv_next, int owner, int incoming) {
+static void ring_pass_kv(const RowAttention* ra, const RingPass* rp, CommSendRecv* hop, const float* kv,
+                         float* kv_next, int owner, int incoming) {
     Comm* g = rp->ring;
     const int p = g->size;
-    comm_send_post(send, g, kv, ring_block_floats(ra, rp->counts, owner), (g->rank + 1) % p, RING_TAG_KV);
-    comm_recv_post(recv, g, kv_next, ring_block_floats(ra, rp->counts, incoming), (g->rank + p - 1) % p, RING_TAG_KV);
-    if (!ra->overlap) {
-        comm_wait(send);
-        comm_wait(recv);
-    }
+    comm_sendrecv_post(hop, g, kv, ring_block_floats(ra, rp->counts, owner), (g->rank + 1) % p, kv_next,
+                       ring_block_floats(ra, rp->counts, incoming), (g->rank + p - 1) % p, RING_TAG_KV);
+    if (!ra->overlap) comm_sendrecv_wait(hop);
 }
 
 // o (B, R, C, E), lse (B*C, heads, R): this rank's queries against every block of the ring
@@ -78,16 +70,16 @@ static void ring_forward_blocks(RowAttention* ra, const RingPass* rp, float* o, 
     for (int t = 0; t < p; t++) {
         const int owner = (me - t + p) % p, incoming = (me - t - 1 + 2 * p) % p;
         const float* kv = rp->kv[t % 2];
-        CommRequest send, recv;
+        CommSendRecv hop;
         const int more = t < p - 1;
-        if (more) ring_pass_kv(ra, rp, &send, &recv, kv, rp->kv[(t + 1) % 2], owner, incoming);
+        if (more) ring_pass_kv(ra, rp, &hop, kv, rp->kv[(t + 1) % 2], owner, incoming);
         if (t == 0) {
             row_block_forward(ra, o, lse, qkv, kv, row_train_share(rp->counts, owner));
         } else {
             row_block_forward(ra, rp->o_part, rp->lse_part, qkv, kv, row_train_share(rp->counts, owner));
             row_merge(ra, o, lse, rp->o_part, rp->lse_part);
         }
-        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+        if (more && ra->overlap) comm_sendrecv_wait(&hop);
     }
 }
 
@@ -97,33 +89,30 @@ static const float* ring_backward_blocks(RowAttention* ra, const RingPass* rp, f
                                          const float* o, const float* lse, const float* qkv) {
     Comm* g = rp->ring;
     const int p = g->size, me = g->rank, next = (me + 1) % p, prev = (me + p - 1) % p;
-    CommRequest dkv_send = {}, dkv_recv = {};
+    CommSendRecv dkv_hop; // the accumulator's hop, posted at the end of every step
     for (int t = 0; t < p; t++) {
         const int owner = (me - t + p) % p, incoming = (me - t - 1 + 2 * p) % p;
         const size_t block = ring_block_floats(ra, rp->counts, owner);
         const float* kv = rp->kv[t % 2];
         float* dkv = rp->dkv_send[t % 2];
-        CommRequest send, recv;
+        CommSendRecv hop;
         const int more = t < p - 1;
-        if (more) ring_pass_kv(ra, rp, &send, &recv, kv, rp->kv[(t + 1) % 2], owner, incoming);
+        if (more) ring_pass_kv(ra, rp, &hop, kv, rp->kv[(t + 1) % 2], owner, incoming);
         // this rank's share of the block's gradient, while the accumulator so far is in flight
-        fill_zero(dkv, (long)block);
+        device_memset_zero(dkv, block * sizeof(float));
         row_block_backward(ra, dqkv, dkv, dout, o, lse, qkv, kv, row_train_share(rp->counts, owner));
-        if (t > 0) {
-            comm_wait(&dkv_recv);
-            add_into(dkv, rp->dkv_recv[t % 2], (long)block);
-            comm_wait(&dkv_send); // the send of step t - 1 used the other buffer
+        if (t > 0) { // the accumulator so far (without overlap it was waited for at once)
+            if (ra->overlap) comm_sendrecv_wait(&dkv_hop);
+            add_inplace(dkv, rp->dkv_recv[t % 2], (long)block);
         }
         // pass the accumulator on; after the last step it reaches the block's owner (next)
-        comm_send_post(&dkv_send, g, dkv, block, next, RING_TAG_DKV);
-        comm_recv_post(&dkv_recv, g, rp->dkv_recv[(t + 1) % 2], ring_block_floats(ra, rp->counts, incoming), prev,
-                       RING_TAG_DKV);
-        if (!ra->overlap) { comm_wait(&dkv_send); comm_wait(&dkv_recv); }
-        if (more && ra->overlap) { comm_wait(&send); comm_wait(&recv); }
+        comm_sendrecv_post(&dkv_hop, g, dkv, block, next, rp->dkv_recv[(t + 1) % 2],
+                           ring_block_floats(ra, rp->counts, incoming), prev, RING_TAG_DKV);
+        if (!ra->overlap) comm_sendrecv_wait(&dkv_hop);
+        if (more && ra->overlap) comm_sendrecv_wait(&hop);
     }
     // our own block's accumulator, complete, from the previous member
-    comm_wait(&dkv_recv);
-    comm_wait(&dkv_send);
+    if (ra->overlap) comm_sendrecv_wait(&dkv_hop);
     return rp->dkv_recv[p % 2];
 }
 
@@ -135,7 +124,8 @@ static RingPass ring_pass_of(RowAttention* ra, const RingBuffers* rb) {
 
 // o (B, R, C, E), lse (B*C, heads, R) for this rank's rows; qkv (B, R, C, 3E)
 static void ring_attention_forward(RowAttention* ra, float* o, float* lse, const float* qkv) {
-    RingBuffers rb = ring_buffers(ra);
+    RingBuffers rb;
+    ring_layout(&rb, ra->scratch, ra->cap, ra->group->size);
     RingPass rp = ring_pass_of(ra, &rb);
     pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
     ring_forward_blocks(ra, &rp, o, lse, qkv);
@@ -144,9 +134,10 @@ static void ring_attention_forward(RowAttention* ra, float* o, float* lse, const
 // dqkv (B, R, C, 3E) is overwritten
 static void ring_attention_backward(RowAttention* ra, float* dqkv, const float* dout, const float* o, const float* lse,
                                     const float* qkv) {
-    RingBuffers rb = ring_buffers(ra);
+    RingBuffers rb;
+    ring_layout(&rb, ra->scratch, ra->cap, ra->group->size);
     RingPass rp = ring_pass_of(ra, &rb);
-    fill_zero(dqkv, (long)ra->B * ra->R * ra->C * 3 * ra->E);
+    device_memset_zero(dqkv, (size_t)ra->B * ra->R * ra->C * 3 * ra->E * sizeof(float));
     pack_kv_rows(rb.kv[0], qkv, ra->B, ra->R, ra->C, ra->E, 0, ra->S);
     const float* own = ring_backward_blocks(ra, &rp, dqkv, dout, o, lse, qkv);
     unpack_kv_rows_add(dqkv, own, ra->B, ra->R, ra->C, ra->E, 0, ra->S);

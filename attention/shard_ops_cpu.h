@@ -1,6 +1,7 @@
 // CPU leaf ops that move row-attention operands between the activation layout and the
-// contiguous buffers the communicator sends. The strategies (row_*.h) call only these,
-// the flash kernels and the communicator; the CUDA build has twins with the same names.
+// contiguous buffers the communicator sends. The strategies (row_*.h) call only these, the
+// flash kernels, add_inplace and device_memset_zero (model/ops.h) and the communicator; the
+// CUDA build has twins with the same names.
 #pragma once
 #include <omp.h>
 #include "../model/common.h"
@@ -27,16 +28,6 @@ static void unpack_kv_rows_add(float* dqkv, const float* dkv, int B, int R, int 
             }
 }
 
-static void fill_zero(float* x, long n) {
-#pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < n; i++) x[i] = 0.0f;
-}
-
-static void add_into(float* acc, const float* x, long n) {
-#pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < n; i++) acc[i] += x[i];
-}
-
 // Head slices of independent attention problems. Problem t = (b * C + c) * heads + h of a
 // (B, R, C, width) buffer is the sequence of rows r, each d = head_dim floats at channel
 // offset + h * d. out (t1 - t0, rows, d) = problems [t0, t1), rows [row0, row0 + rows).
@@ -48,23 +39,6 @@ static void gather_problem_rows(float* out, const float* buf, int R, int C, int 
         for (int r = 0; r < rows; r++)
             memcpy(out + ((long)(t - t0) * rows + r) * d,
                    buf + (((long)b * R + row0 + r) * C + c) * width + offset + (long)h * d, d * sizeof(float));
-    }
-}
-
-// the reverse: buf's slices = in (t1 - t0, rows, d); add = 1 accumulates instead
-static void scatter_problem_rows(float* buf, const float* in, int R, int C, int width, int offset, int heads, int d,
-                                 int t0, int t1, int row0, int rows, int add) {
-#pragma omp parallel for schedule(static)
-    for (int t = t0; t < t1; t++) {
-        const int h = t % heads, bc = t / heads, c = bc % C, b = bc / C;
-        for (int r = 0; r < rows; r++) {
-            float* dst = buf + (((long)b * R + row0 + r) * C + c) * width + offset + (long)h * d;
-            const float* src = in + ((long)(t - t0) * rows + r) * d;
-            if (add)
-                for (int e = 0; e < d; e++) dst[e] += src[e];
-            else
-                memcpy(dst, src, d * sizeof(float));
-        }
     }
 }
 

@@ -1,10 +1,22 @@
-// The communicator the orchestration talks to: groups, posted point-to-point transfers,
-// and the collectives the sharding strategies need. This is the MPI transport on host
-// memory; the NCCL transport (CUDA build) implements the same calls on device memory.
+// The communicator the orchestration talks to: groups, paired point-to-point transfers, and
+// the collectives the sharding strategies need. Every exchanged byte is counted (bytes_sent),
+// for the benchmarks' volume figures.
+//
+// Two kinds of calls, by the memory they see:
+//   - device memory (tensor buffers: activations, gradients, the feature statistics, the
+//     strategies' scratch): comm_sendrecv_post + comm_sendrecv_wait, comm_allgather,
+//     comm_alltoall, comm_alltoallv, comm_allreduce_sum (float), comm_allreduce_sum_double
+//     (the encoders' train statistics) and comm_reduce_scatter_sum. Here they are MPI on the
+//     CPU build's tensor memory, which is host memory; the NCCL transport of the CUDA build
+//     implements exactly these calls on device memory. Point to point is offered only as a
+//     send paired with a receive, because NCCL deadlocks unless both are issued in one group.
+//   - host memory, always MPI, never a tensor buffer: the comm_host_* calls (the loss and
+//     test-row count, the evaluation's gather of probabilities, agreement checks on flags and
+//     stop requests, the node-local rank count).
+// Groups (comm_init_world, comm_init_single, comm_split, comm_free, comm_finalize) are MPI.
 //
 // A group of one rank needs no MPI at all (comm_init_single): every collective is then the
-// identity, so single-process tools and tests run without mpirun.
-// Every exchanged byte is counted (bytes_sent), for the benchmarks' volume figures.
+// identity (or a copy), so single-process tools and tests run without mpirun.
 #pragma once
 #include <mpi.h>
 #include "../model/common.h"
@@ -16,11 +28,6 @@ typedef struct {
     uint64_t bytes_sent; // payload this rank has sent through this group
     double wait_seconds; // time blocked in waits and collectives: communication not hidden
 } Comm;
-
-typedef struct {
-    MPI_Request request;
-    Comm* comm; // whose wait_seconds the wait adds to
-} CommRequest;
 
 // an MPI error names the call and the site, then takes the whole job down
 #define MPI_CHECK(call)                                                                              \
@@ -94,41 +101,78 @@ static void comm_split(Comm* out, const Comm* parent, int color, int key) {
     }
 }
 
+// releases a group made by comm_split (the world and single groups hold nothing to free)
+static void comm_free(Comm* comm) {
+    if (comm->mpi != MPI_COMM_NULL && comm->mpi != MPI_COMM_WORLD) MPI_Comm_free(&comm->mpi);
+    comm->mpi = MPI_COMM_NULL;
+}
+
 // ----------------------------------------------------------------------------
-// point to point, posted and waited separately so that compute runs in between
+// the MPI collectives on host memory, which both kinds of call below are built on
 
-static void comm_send_post(CommRequest* req, Comm* comm, const float* buf, size_t count, int peer, int tag) {
+static void comm_mpi_allgather(Comm* comm, void* out, const void* in, size_t count, MPI_Datatype type, size_t elem) {
+    if (comm->size == 1) {
+        if (out != in) memcpy(out, in, count * elem);
+        return;
+    }
     MOSAIC_CHECK(count <= (size_t)INT32_MAX, "message too large for one MPI call");
-    MPI_CHECK(MPI_Isend(buf, (int)count, MPI_FLOAT, peer, tag, comm->mpi, &req->request));
-    req->comm = comm;
-    comm->bytes_sent += count * sizeof(float);
-}
-
-static void comm_recv_post(CommRequest* req, Comm* comm, float* buf, size_t count, int peer, int tag) {
-    MOSAIC_CHECK(count <= (size_t)INT32_MAX, "message too large for one MPI call");
-    MPI_CHECK(MPI_Irecv(buf, (int)count, MPI_FLOAT, peer, tag, comm->mpi, &req->request));
-    req->comm = comm;
-}
-
-static void comm_wait(CommRequest* req) {
     double t0 = wall_seconds();
-    MPI_CHECK(MPI_Wait(&req->request, MPI_STATUS_IGNORE));
-    if (req->comm) req->comm->wait_seconds += wall_seconds() - t0;
+    MPI_CHECK(MPI_Allgather(in, (int)count, type, out, (int)count, type, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
+    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * elem;
+}
+
+// buf (count) = sum over ranks, identical everywhere. Ring-algorithm volume: 2 (p-1)/p.
+static void comm_mpi_allreduce_sum(Comm* comm, void* buf, size_t count, MPI_Datatype type, size_t elem) {
+    if (comm->size == 1) return;
+    MOSAIC_CHECK(count <= (size_t)INT32_MAX, "message too large for one MPI call");
+    double t0 = wall_seconds();
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, type, MPI_SUM, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
+    comm->bytes_sent += 2 * (uint64_t)(comm->size - 1) * count * elem / comm->size;
+}
+
+static long comm_mpi_allreduce_long(Comm* comm, long value, MPI_Op op) {
+    if (comm->size == 1) return value;
+    long out;
+    MPI_CHECK(MPI_Allreduce(&value, &out, 1, MPI_LONG, op, comm->mpi));
+    return out;
 }
 
 // ----------------------------------------------------------------------------
-// collectives (floats unless named otherwise)
+// device memory: point to point, a send and a receive posted together and waited together,
+// so that compute runs in between
+
+typedef struct {
+    MPI_Request requests[2]; // the send, the receive
+    Comm* comm;              // whose wait_seconds the wait adds to
+} CommSendRecv;
+
+// send (send_count) goes to rank dst while recv (recv_count) comes from rank src, both with tag
+static void comm_sendrecv_post(CommSendRecv* req, Comm* comm, const float* send, size_t send_count, int dst,
+                               float* recv, size_t recv_count, int src, int tag) {
+    MOSAIC_CHECK(send_count <= (size_t)INT32_MAX && recv_count <= (size_t)INT32_MAX,
+                 "message too large for one MPI call");
+    MPI_CHECK(MPI_Isend(send, (int)send_count, MPI_FLOAT, dst, tag, comm->mpi, &req->requests[0]));
+    MPI_CHECK(MPI_Irecv(recv, (int)recv_count, MPI_FLOAT, src, tag, comm->mpi, &req->requests[1]));
+    req->comm = comm;
+    comm->bytes_sent += send_count * sizeof(float);
+}
+
+// returns once the send buffer may be reused and the receive buffer is filled; every posted
+// pair is waited for exactly once
+static void comm_sendrecv_wait(CommSendRecv* req) {
+    double t0 = wall_seconds();
+    MPI_CHECK(MPI_Waitall(2, req->requests, MPI_STATUSES_IGNORE));
+    req->comm->wait_seconds += wall_seconds() - t0;
+}
+
+// ----------------------------------------------------------------------------
+// device memory: collectives (floats unless named otherwise)
 
 // out (size * count) = the count floats of every rank, in rank order
 static void comm_allgather(Comm* comm, float* out, const float* in, size_t count) {
-    if (comm->size == 1) {
-        if (out != in) memcpy(out, in, count * sizeof(float));
-        return;
-    }
-    double t0 = wall_seconds();
-    MPI_CHECK(MPI_Allgather(in, (int)count, MPI_FLOAT, out, (int)count, MPI_FLOAT, comm->mpi));
-    comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
+    comm_mpi_allgather(comm, out, in, count, MPI_FLOAT, sizeof(float));
 }
 
 // uneven all-to-all: send_counts[r] floats from in + send_offsets[r] go to rank r, which
@@ -147,60 +191,6 @@ static void comm_alltoallv(Comm* comm, float* out, const int* recv_counts, const
         if (r != comm->rank) comm->bytes_sent += (uint64_t)send_counts[r] * sizeof(float);
 }
 
-// buf (count) = sum over ranks, identical everywhere. Ring-algorithm volume: 2 (p-1)/p.
-static void comm_allreduce_sum(Comm* comm, float* buf, size_t count) {
-    if (comm->size == 1) return;
-    double t0 = wall_seconds();
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, comm->mpi));
-    comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += 2 * (uint64_t)(comm->size - 1) * count * sizeof(float) / comm->size;
-}
-
-static void comm_allreduce_sum_double(Comm* comm, double* buf, size_t count) {
-    if (comm->size == 1) return;
-    double t0 = wall_seconds();
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_DOUBLE, MPI_SUM, comm->mpi));
-    comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += 2 * (uint64_t)(comm->size - 1) * count * sizeof(double) / comm->size;
-}
-
-// out (count) = sum over ranks of block [rank] of in (size * count)
-static void comm_reduce_scatter_sum(Comm* comm, float* out, const float* in, size_t count) {
-    if (comm->size == 1) {
-        if (out != in) memcpy(out, in, count * sizeof(float));
-        return;
-    }
-    double t0 = wall_seconds();
-    MPI_CHECK(MPI_Reduce_scatter_block(in, out, (int)count, MPI_FLOAT, MPI_SUM, comm->mpi));
-    comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
-}
-
-static void comm_broadcast_bytes(Comm* comm, void* buf, size_t bytes, int root) {
-    if (comm->size == 1) return;
-    MPI_CHECK(MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, comm->mpi));
-}
-
-static void comm_barrier(Comm* comm) {
-    if (comm->size == 1) return;
-    MPI_CHECK(MPI_Barrier(comm->mpi));
-}
-
-// one int per rank, summed / maxed: for agreement checks (config hashes, error counts)
-static long comm_allreduce_max_long(Comm* comm, long value) {
-    if (comm->size == 1) return value;
-    long out;
-    MPI_CHECK(MPI_Allreduce(&value, &out, 1, MPI_LONG, MPI_MAX, comm->mpi));
-    return out;
-}
-
-static long comm_allreduce_min_long(Comm* comm, long value) {
-    if (comm->size == 1) return value;
-    long out;
-    MPI_CHECK(MPI_Allreduce(&value, &out, 1, MPI_LONG, MPI_MIN, comm->mpi));
-    return out;
-}
-
 // equal-count all-to-all: block r of in (size * count) goes to rank r; block r of out
 // (size * count) is what rank r sent to this one
 static void comm_alltoall(Comm* comm, float* out, const float* in, size_t count) {
@@ -213,4 +203,54 @@ static void comm_alltoall(Comm* comm, float* out, const float* in, size_t count)
     MPI_CHECK(MPI_Alltoall(in, (int)count, MPI_FLOAT, out, (int)count, MPI_FLOAT, comm->mpi));
     comm->wait_seconds += wall_seconds() - t0;
     comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
+}
+
+// buf (count) = sum over ranks, identical everywhere
+static void comm_allreduce_sum(Comm* comm, float* buf, size_t count) {
+    comm_mpi_allreduce_sum(comm, buf, count, MPI_FLOAT, sizeof(float));
+}
+
+static void comm_allreduce_sum_double(Comm* comm, double* buf, size_t count) {
+    comm_mpi_allreduce_sum(comm, buf, count, MPI_DOUBLE, sizeof(double));
+}
+
+// out (count) = sum over ranks of block [rank] of in (size * count)
+static void comm_reduce_scatter_sum(Comm* comm, float* out, const float* in, size_t count) {
+    if (comm->size == 1) {
+        if (out != in) memcpy(out, in, count * sizeof(float));
+        return;
+    }
+    MOSAIC_CHECK(count <= (size_t)INT32_MAX, "message too large for one MPI call");
+    double t0 = wall_seconds();
+    MPI_CHECK(MPI_Reduce_scatter_block(in, out, (int)count, MPI_FLOAT, MPI_SUM, comm->mpi));
+    comm->wait_seconds += wall_seconds() - t0;
+    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
+}
+
+// ----------------------------------------------------------------------------
+// host memory only, always MPI
+
+// out (size * count) = the count floats of every rank, in rank order
+static void comm_host_allgather(Comm* comm, float* out, const float* in, size_t count) {
+    comm_mpi_allgather(comm, out, in, count, MPI_FLOAT, sizeof(float));
+}
+
+// buf (count) = sum over ranks, identical everywhere
+static void comm_host_allreduce_sum_double(Comm* comm, double* buf, size_t count) {
+    comm_mpi_allreduce_sum(comm, buf, count, MPI_DOUBLE, sizeof(double));
+}
+
+// one value per rank, maxed / minned: for agreement checks (config hashes, error counts)
+static long comm_host_allreduce_max_long(Comm* comm, long value) { return comm_mpi_allreduce_long(comm, value, MPI_MAX); }
+static long comm_host_allreduce_min_long(Comm* comm, long value) { return comm_mpi_allreduce_long(comm, value, MPI_MIN); }
+
+// the fewest ranks that share a node (MPI's shared-memory split of world), the same on every rank
+static int comm_host_node_local_size(Comm* world) {
+    if (world->size == 1) return 1;
+    MPI_Comm node;
+    MPI_CHECK(MPI_Comm_split_type(world->mpi, MPI_COMM_TYPE_SHARED, world->rank, MPI_INFO_NULL, &node));
+    int n;
+    MPI_Comm_size(node, &n);
+    MPI_Comm_free(&node);
+    return (int)comm_host_allreduce_min_long(world, n);
 }

@@ -20,6 +20,15 @@ static inline void device_memset_zero(void* ptr, size_t bytes) { memset(ptr, 0, 
 static inline void device_copy_to_device(void* dst, const void* src, size_t bytes) { memcpy(dst, src, bytes); }
 static inline void device_copy_to_host(void* dst, const void* src, size_t bytes) { memcpy(dst, src, bytes); }
 static inline void device_copy(void* dst, const void* src, size_t bytes) { memcpy(dst, src, bytes); }
+// the ops run on the calling thread's time: nothing is ever in flight
+static inline void device_synchronize(void) {}
+
+// the backend's compute resources: OpenMP threads (OpenBLAS on OpenMP shares the pool);
+// threads <= 0 keeps the default, all cores
+static inline void backend_init(int threads) {
+    if (threads > 0) omp_set_num_threads(threads);
+}
+static inline int backend_threads(void) { return omp_get_max_threads(); }
 
 // ----------------------------------------------------------------------------
 // GEMM through cblas, overloaded so templates pick the right precision

@@ -1,13 +1,14 @@
 // The nanoTabPFN-style model: configuration, parameter and activation layout, forward,
 // backward and the AdamW update. This is orchestration: it never reads or writes tensor
-// memory itself, only hands pointers to leaf ops (model/ops_cpu.h, attention/) and to the
-// communicator, so the CUDA build reuses it unchanged.
+// memory itself, only hands pointers to leaf ops (model/ops.h, attention/attention_ops.h) and
+// to the communicator, so the CUDA build reuses it unchanged.
 //
 // Shapes: B datasets, R rows, F features, C = F + 1 columns (target last), E embedding,
 // h heads, H MLP hidden, K outputs, S train rows, N = B*R*C cells, T = B*(R-S) test rows.
 #pragma once
 #include "common.h"
-#include "ops_cpu.h"
+#include "ops.h"
+#include "../attention/axis_layout.h"
 #include "../attention/axis_attention.h"
 #include "../attention/row_attention.h"
 #include "../comm/comm.h"
@@ -244,6 +245,7 @@ typedef struct {
     float* grads_memory;
     float* m_memory; // AdamW first moment
     float* v_memory; // AdamW second moment
+    double* grad_sumsq; // (1) the gradients' sum of squares, on the device
 
     ActivationCapacity cap;
     ActivationTensors acts;
@@ -391,6 +393,7 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
         device_memset_zero(model->m_memory, model->num_parameters * sizeof(float));
         device_memset_zero(model->v_memory, model->num_parameters * sizeof(float));
         point_parameters(&model->grads, model->grads_memory, model->param_sizes);
+        model->grad_sumsq = (double*)device_malloc(sizeof(double));
 
         GradActTensors* g = &model->dacts;
         struct { float** ptr; long floats; } dacts_layout[] = {
@@ -414,6 +417,7 @@ static void tabpfn_free(TabPFN* model) {
     device_free(model->grads_memory);
     device_free(model->m_memory);
     device_free(model->v_memory);
+    device_free(model->grad_sumsq);
     device_free(model->acts_memory);
     device_free(model->dacts_memory);
     device_free(model->x);
@@ -517,13 +521,13 @@ static void tabpfn_forward(TabPFN* model) {
     matmul_forward(a.logits, a.dec_gelu, p.dec2_w, p.dec2_b, T, H, K);
     crossentropy_forward(a.loss_sum, a.probs, a.logits, model->y, B, R, S, K);
 
-    // the loss is a mean over the test rows of every rank
+    // the loss is a mean over the test rows of every rank (host numbers: a host collective)
     double loss_and_count[2];
     float loss_sum;
     device_copy_to_host(&loss_sum, a.loss_sum, sizeof(float));
     loss_and_count[0] = loss_sum;
     loss_and_count[1] = (double)T;
-    comm_allreduce_sum_double(model->world_comm, loss_and_count, 2);
+    comm_host_allreduce_sum_double(model->world_comm, loss_and_count, 2);
     model->num_test_rows = loss_and_count[1];
     model->mean_loss = (float)(loss_and_count[0] / loss_and_count[1]);
 }
@@ -630,7 +634,8 @@ static inline float learning_rate_at(const OptimizerConfig* o, int step) {
 // before clipping. step counts from 0.
 static float tabpfn_update(TabPFN* model, const OptimizerConfig* o, int step) {
     double sumsq;
-    sum_of_squares(&sumsq, model->grads_memory, model->num_parameters);
+    sum_of_squares(model->grad_sumsq, model->grads_memory, model->num_parameters);
+    device_copy_to_host(&sumsq, model->grad_sumsq, sizeof(double));
     float norm = (float)sqrt(sumsq);
     float scale = 1.0f;
     if (o->clip_norm > 0.0f) {

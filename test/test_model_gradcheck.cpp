@@ -16,10 +16,15 @@ int main(void) {
     ParallelConfig par = parallel_config_single(&comm);
     tabpfn_build(&model, config, cap, 1, &par);
     tabpfn_init_parameters(&model, 3);
-    // random LayerNorm affine parameters, so their gradients are not a special case
+    // random LayerNorm affine parameters, so their gradients are not a special case; model
+    // memory is device memory, reached only through the copies
+    const size_t P = model.num_parameters;
+    float* params = (float*)mallocCheck(P * sizeof(float));
+    device_copy_to_host(params, model.params_memory, P * sizeof(float));
     Rng rng;
     rng_seed(&rng, 11);
-    for (size_t i = 0; i < model.num_parameters; i++) model.params_memory[i] += (float)(0.05 * rng_normal(&rng));
+    for (size_t i = 0; i < P; i++) params[i] += (float)(0.05 * rng_normal(&rng));
+    device_copy_to_device(model.params_memory, params, P * sizeof(float));
 
     float x[B * R * F], y[B * R];
     for (int i = 0; i < B * R * F; i++) x[i] = (float)(2.0 * rng_normal(&rng));
@@ -29,27 +34,29 @@ int main(void) {
     tabpfn_zero_grad(&model);
     tabpfn_forward(&model);
     tabpfn_backward(&model);
-    const size_t P = model.num_parameters;
     float* analytic = (float*)mallocCheck(P * sizeof(float));
-    memcpy(analytic, model.grads_memory, P * sizeof(float));
+    device_copy_to_host(analytic, model.grads_memory, P * sizeof(float));
 
     // the same inputs give the same bits
     tabpfn_zero_grad(&model);
     tabpfn_forward(&model);
     tabpfn_backward(&model);
-    check_true("forward + backward twice: identical gradient bits", memcmp(analytic, model.grads_memory, P * sizeof(float)) == 0);
+    float* again = (float*)mallocCheck(P * sizeof(float));
+    device_copy_to_host(again, model.grads_memory, P * sizeof(float));
+    check_true("forward + backward twice: identical gradient bits", memcmp(analytic, again, P * sizeof(float)) == 0);
+    free(again);
 
     float* numeric = (float*)mallocCheck(P * sizeof(float));
     const float h = 2e-3f;
     for (size_t i = 0; i < P; i++) {
-        float saved = model.params_memory[i];
-        model.params_memory[i] = saved + h;
+        const float saved = params[i], plus = saved + h, minus = saved - h;
+        device_copy_to_device(model.params_memory + i, &plus, sizeof(float));
         tabpfn_forward(&model);
         double lp = model.mean_loss;
-        model.params_memory[i] = saved - h;
+        device_copy_to_device(model.params_memory + i, &minus, sizeof(float));
         tabpfn_forward(&model);
         double lm = model.mean_loss;
-        model.params_memory[i] = saved;
+        device_copy_to_device(model.params_memory + i, &saved, sizeof(float));
         numeric[i] = (float)((lp - lm) / (2.0 * h));
     }
     // report per parameter tensor, so a failure names the op
@@ -64,6 +71,7 @@ int main(void) {
         allclose_report(what, analytic + offset, numeric + offset, (long)model.param_sizes[t], 3e-4, 2e-2);
         offset += model.param_sizes[t];
     }
+    free(params);
     free(analytic);
     free(numeric);
     tabpfn_free(&model);

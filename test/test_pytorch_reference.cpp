@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
     ParallelConfig par = parallel_config_single(&comm);
     tabpfn_build(&model, config, cap, 1, &par);
 
-    // parameters by PyTorch name into the flat layout
+    // parameters by PyTorch name into the flat layout (model memory is device memory)
     ParameterInfo info[NUM_PARAMETER_TENSORS];
     parameter_infos(info, config);
     float* p = model.params_memory;
@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
             char name[128];
             parameter_name(name, sizeof(name), &info[i], l);
             size_t n = parameter_layer_numel(&info[i]);
-            memcpy(p, tensor_file_get(&state, name, (long)n)->data, n * sizeof(float));
+            device_copy_to_device(p, tensor_file_get(&state, name, (long)n)->data, n * sizeof(float));
             p += n;
         }
     check_true("every parameter tensor was found, sizes match", p == model.params_memory + model.num_parameters);
@@ -49,12 +49,17 @@ int main(int argc, char** argv) {
     tabpfn_zero_grad(&model);
     tabpfn_forward(&model);
     const long T = (long)B * (R - S);
-    allclose_report("logits", model.acts.logits, tensor_file_get(&state, "logits", T * config.outputs)->data,
-                    T * config.outputs, 1e-5, 1e-5);
+    float* logits = (float*)mallocCheck((size_t)T * config.outputs * sizeof(float));
+    device_copy_to_host(logits, model.acts.logits, (size_t)T * config.outputs * sizeof(float));
+    allclose_report("logits", logits, tensor_file_get(&state, "logits", T * config.outputs)->data, T * config.outputs,
+                    1e-5, 1e-5);
+    free(logits);
     allclose_report("loss", &model.mean_loss, tensor_file_get(&state, "loss", 1)->data, 1, 1e-5, 1e-5);
 
     tabpfn_backward(&model);
-    float* g = model.grads_memory;
+    float* grads = (float*)mallocCheck(model.num_parameters * sizeof(float));
+    device_copy_to_host(grads, model.grads_memory, model.num_parameters * sizeof(float));
+    const float* g = grads;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++)
         for (int l = 0; l < (info[i].per_layer ? config.L : 1); l++) {
             char name[128], grad_name[160];
@@ -67,6 +72,7 @@ int main(int argc, char** argv) {
             allclose_report(grad_name, g, ref, n, 1e-5 * max_ref + 1e-9, 1e-4);
             g += n;
         }
+    free(grads);
 
     // 10 optimizer steps on the same batch
     const float* lrs = tensor_file_get(&state, "lrs", 10)->data;

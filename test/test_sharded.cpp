@@ -108,24 +108,31 @@ static int run_case(const ShardCase* sc, const Layout* lay, const TableBatch* gl
     float* want = (float*)mallocCheck((size_t)(nd * tk * K + 1) * sizeof(float));
     for (int b = 0; b < nd; b++)
         memcpy(want + (size_t)b * tk * K, ref_logits + ((size_t)(d0 + b) * T + t0) * K, (size_t)tk * K * sizeof(float));
+    float* logits = (float*)mallocCheck((size_t)(nd * tk * K + 1) * sizeof(float));
+    device_copy_to_host(logits, model.acts.logits, (size_t)nd * tk * K * sizeof(float));
     snprintf(what, sizeof(what), "%s: logits of this rank's test rows", label);
-    allclose_report(what, model.acts.logits, want, (long)nd * tk * K, 2e-5, 2e-4);
+    allclose_report(what, logits, want, (long)nd * tk * K, 2e-5, 2e-4);
+    free(logits);
     free(want);
 
+    const size_t P = model.num_parameters;
     double max_ref = 0.0;
-    for (size_t i = 0; i < model.num_parameters; i++) max_ref = fabs(ref_grads[i]) > max_ref ? fabs(ref_grads[i]) : max_ref;
+    for (size_t i = 0; i < P; i++) max_ref = fabs(ref_grads[i]) > max_ref ? fabs(ref_grads[i]) : max_ref;
+    float* first = (float*)mallocCheck(P * sizeof(float));
+    device_copy_to_host(first, model.grads_memory, P * sizeof(float));
     snprintf(what, sizeof(what), "%s: every parameter gradient", label);
-    allclose_report(what, model.grads_memory, ref_grads, (long)model.num_parameters, 1e-4 * max_ref, 1e-3);
+    allclose_report(what, first, ref_grads, (long)P, 1e-4 * max_ref, 1e-3);
 
     // the same inputs twice: the same bits
-    float* first = (float*)mallocCheck(model.num_parameters * sizeof(float));
-    memcpy(first, model.grads_memory, model.num_parameters * sizeof(float));
+    float* second = (float*)mallocCheck(P * sizeof(float));
     tabpfn_zero_grad(&model);
     tabpfn_forward(&model);
     tabpfn_backward(&model);
+    device_copy_to_host(second, model.grads_memory, P * sizeof(float));
     snprintf(what, sizeof(what), "%s: run twice, identical gradient bits", label);
-    check_true(what, memcmp(first, model.grads_memory, model.num_parameters * sizeof(float)) == 0);
+    check_true(what, memcmp(first, second, P * sizeof(float)) == 0);
     free(first);
+    free(second);
 
     // ten optimizer steps on the same batch
     float losses[10];
@@ -135,9 +142,11 @@ static int run_case(const ShardCase* sc, const Layout* lay, const TableBatch* gl
 
     tabpfn_free(&model);
     table_batch_free(&local);
-    if (seq.mpi != MPI_COMM_NULL) MPI_Comm_free(&seq.mpi);
-    if (lay->mesh_c && mesh_row.mpi != MPI_COMM_NULL) MPI_Comm_free(&mesh_row.mpi);
-    if (lay->mesh_c && mesh_col.mpi != MPI_COMM_NULL) MPI_Comm_free(&mesh_col.mpi);
+    comm_free(&seq);
+    if (lay->mesh_c) {
+        comm_free(&mesh_row);
+        comm_free(&mesh_col);
+    }
     return tests_failed - before;
 }
 
@@ -188,12 +197,12 @@ int main(int argc, char** argv) {
         float* ref_grads = (float*)mallocCheck(ref.num_parameters * sizeof(float));
         float* ref_logits = (float*)mallocCheck((size_t)T * config.outputs * sizeof(float));
         float* init_params = (float*)mallocCheck(ref.num_parameters * sizeof(float));
-        memcpy(ref_grads, ref.grads_memory, ref.num_parameters * sizeof(float));
-        memcpy(ref_logits, ref.acts.logits, (size_t)T * config.outputs * sizeof(float));
-        memcpy(init_params, ref.params_memory, ref.num_parameters * sizeof(float));
+        device_copy_to_host(ref_grads, ref.grads_memory, ref.num_parameters * sizeof(float));
+        device_copy_to_host(ref_logits, ref.acts.logits, (size_t)T * config.outputs * sizeof(float));
+        device_copy_to_host(init_params, ref.params_memory, ref.num_parameters * sizeof(float));
         float ref_losses[10];
         train_ten_steps(ref_losses, &ref);
-        memcpy(ref.params_memory, init_params, ref.num_parameters * sizeof(float));
+        device_copy_to_device(ref.params_memory, init_params, ref.num_parameters * sizeof(float));
 
         // every layout that fits: dp x sp = P; each strategy on both layers, then mixed
         for (int dp = 1; dp <= P; dp++) {
@@ -234,7 +243,7 @@ int main(int argc, char** argv) {
         free(init_params);
     }
     // every rank's verdict: a failure anywhere fails the run
-    long total_failed = comm_allreduce_max_long(&world, failed_here);
+    long total_failed = comm_host_allreduce_max_long(&world, failed_here);
     if (total_failed && !failed_here && world.rank == 0) printf("FAIL  checks failed on another rank (its FAIL lines above)\n");
     int code = world.rank == 0 ? tests_finish() : (tests_failed ? 1 : 0); // one closing line, from rank 0
     comm_finalize();

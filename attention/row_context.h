@@ -1,15 +1,14 @@
 // What every row-axis strategy shares: the context of one layer's row attention on a rank
-// whose rows are one share of a sequence-parallel group.
+// whose rows are one share of a sequence-parallel group, and the carving of its scratch.
 //
 // Rank k of p holds, of every dataset, the k-th share of the train rows followed by the
-// k-th share of the test rows (dataloader/row_shard.h), so locally rows [0, S) are train rows
+// k-th share of the test rows (dataloader/shard_batch.h), so locally rows [0, S) are train rows
 // and the K/V block of rank k is rows [0, S_k) of its q/k/v buffer.
 #pragma once
-#include "flash_attention_cpu.h"
+#include "attention_ops.h"
 #include "axis_attention.h"
-#include "shard_ops_cpu.h"
 #include "../comm/comm.h"
-#include "../dataloader/row_shard.h"
+#include "../dataloader/shard_batch.h"
 
 typedef enum {
     ROW_LOCAL,        // whole tables on this rank (p = 1)
@@ -59,11 +58,26 @@ typedef struct {
     // the current batch: local sizes, and the global row counts that fix every rank's share
     int B, R, C, S, E, heads;
     int S_global, T_global;
-    // buffers owned by the strategy, sized once by its *_scratch_floats
+    // buffers owned by the strategy, sized once by its layout function from a NULL base
     float* scratch;
     size_t scratch_floats;
     RowCapacity cap;
 } RowAttention;
+
+// Every strategy lays its buffers out with one function from a base pointer and returns the
+// floats they take: with base NULL it only sizes them (the pointers stay NULL), so the size
+// allocated and the layout used can never disagree.
+typedef struct {
+    float* base; // NULL: sizing only
+    size_t used; // floats handed out so far
+} ScratchCursor;
+
+// the next `floats` floats of the layout
+static inline float* scratch_take(ScratchCursor* cur, size_t floats) {
+    float* p = cur->base ? cur->base + cur->used : NULL;
+    cur->used += floats;
+    return p;
+}
 
 // train rows held by member k of the group, and its rows in all
 static inline int row_train_share(const RowAttention* ra, int k) {
@@ -78,6 +92,18 @@ static inline int row_share(const RowAttention* ra, int k) {
 // the largest of those over the group, for buffer sizes
 static inline int row_cap_train_block(RowCapacity cap, int p) { return ceil_div(cap.max_R, p); }
 static inline int row_cap_block(RowCapacity cap, int p) { return 2 * ceil_div(cap.max_R, p) + 1; }
+// floats of a member's train K/V block (B, train rows, C, 2E), and cells (B, rows, C) of its
+// rows, at capacity
+static inline size_t row_cap_kv_floats(RowCapacity cap, int p) {
+    return (size_t)cap.max_B * row_cap_train_block(cap, p) * cap.max_C * 2 * cap.E;
+}
+static inline size_t row_cap_cells(RowCapacity cap, int p) { return (size_t)cap.max_B * row_cap_block(cap, p) * cap.max_C; }
+
+// a partial output (B, R, C, E) and its lse (B*C, heads, R) at capacity, merged into the running ones
+static inline void scratch_take_partial(ScratchCursor* cur, RowCapacity cap, int p, float** o_part, float** lse_part) {
+    *o_part = scratch_take(cur, row_cap_cells(cap, p) * cap.E);
+    *lse_part = scratch_take(cur, row_cap_cells(cap, p) * cap.heads);
+}
 
 static inline float row_attention_scale(const RowAttention* ra) { return 1.0f / sqrtf((float)(ra->E / ra->heads)); }
 
