@@ -1,7 +1,9 @@
 # Mosaic build. CPU binaries always (g++, OpenMP, OpenBLAS through cblas).
-#   make train_tabpfn   the trainer
-#   make test           build and run every test; non-zero exit on any failure
-#   make bench          benchmarks, JSON lines on stdout
+#   make train_tabpfn        the trainer
+#   make test                build and run every test (the CUDA kernel tests included); non-zero exit on any failure
+#   make test_cuda_kernels   only the CUDA kernel tests: emulated on the CPU (plain, ASan+UBSan, TSan),
+#                            nvcc for sm_80/sm_90 with the ptxas check, native runs where a GPU exists
+#   make bench               benchmarks, JSON lines on stdout
 CXX ?= g++
 PYTHON ?= /usr/bin/python3
 # -march=native only where the compiler accepts it
@@ -23,7 +25,39 @@ HEADERS := $(wildcard model/*.h attention/*.h comm/*.h dataloader/*.h test/*.h)
 TESTS := build/test_ops_gradcheck build/test_flash_attention build/test_model_gradcheck \
          build/test_dataloader build/test_pytorch_reference build/test_sharded
 
-.PHONY: all test bench clean
+# ----------------------------------------------------------------------------------------------
+# CUDA kernel tests: test/test_cuda_*.cu (each kernel against its CPU twin) and the emulator's
+# self-test. The CPU build above never sees CUDA; these are separate binaries:
+#   build/emu_%    clang++ against test/simt_emulator.h: every CUDA thread a fiber on the CPU
+#   build/asan_%   the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   build/tsan_%   the same under ThreadSanitizer (only barriers order the threads)
+#   build/nvcc_%   nvcc for the GPU (ARCH, default sm_80 and sm_90); ptxas -v report in build/ptxas_%.txt,
+#                  checked by test/check_ptxas.py (no spills, no warnings). Only where nvcc exists.
+# clang++ only: g++ ignores the section attribute the emulator puts on static __shared__ variables
+# of template kernels. No -fopenmp: the CPU twins run serially, which keeps TSan's view clean.
+CLANGXX ?= clang++
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard $(CUDA_HOME)/bin/nvcc))
+ARCH ?= 80 90
+CUDA_TESTS := $(sort $(basename $(notdir $(wildcard test/test_cuda_*.cu))))
+EMU_TESTS := test_simt_emulator $(CUDA_TESTS)
+CUDA_SOURCES := $(HEADERS) $(wildcard model/*.cuh attention/*.cuh)
+BLAS_LIBS = $(if $(BLAS_DIR),-L$(BLAS_DIR) -Wl$(comma)-rpath$(comma)$(BLAS_DIR)) -lopenblas -lm
+NVCC_BLAS_LIBS = $(if $(BLAS_DIR),-L$(BLAS_DIR) -Xlinker -rpath -Xlinker $(BLAS_DIR)) -lopenblas -lm
+# the emulation compiles against the real CUDA headers (the toolkit's, or Debian's nvidia-cuda-dev)
+CUDA_INC := $(patsubst %/,%,$(dir $(firstword $(wildcard $(CUDA_HOME)/include/cuda_runtime.h /usr/include/cuda_runtime.h))))
+NEED_CUDA_INC = @test -n "$(CUDA_INC)" || { echo "error: cuda_runtime.h not found in $(CUDA_HOME)/include or /usr/include: the emulated kernel tests build against the real CUDA headers (set CUDA_HOME)"; exit 1; }
+EMU_FLAGS := -std=c++17 -O1 -g -DMOSAIC_SIMT_EMULATION -I$(CUDA_INC) -Wall -Wno-unused-function
+# -fsanitize=bounds everywhere: ASan cannot see overruns of static shared arrays (one section, no redzones)
+EMU_SAN := -fsanitize=bounds -fno-sanitize-recover=bounds
+ASAN_SAN := -fsanitize=address,undefined -fsanitize=bounds -fno-sanitize-recover=all
+TSAN_SAN := -fsanitize=thread -fsanitize=bounds -fno-sanitize-recover=bounds
+NVCC_FLAGS := -std=c++17 -O3 $(foreach a,$(ARCH),-gencode arch=compute_$(a),code=sm_$(a)) -Xptxas -v -Xcompiler -fopenmp,-Wall,-Wno-unused-function
+EMU_BINS := $(foreach v,emu asan tsan,$(addprefix build/$(v)_,$(EMU_TESTS)))
+NVCC_BINS := $(if $(NVCC),$(addprefix build/nvcc_,$(CUDA_TESTS)))
+CUDA_ENV = ARCH="$(ARCH)" NVCC="$(NVCC)" CUDA_TESTS="$(CUDA_TESTS)" EMU_TESTS="$(EMU_TESTS)"
+
+.PHONY: all test bench clean test_cuda_kernels cuda_kernel_tests
 all: train_tabpfn
 
 train_tabpfn: train_tabpfn.cu $(HEADERS)
@@ -33,8 +67,35 @@ build/%: test/%.cpp $(HEADERS)
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $< -o $@ $(LDLIBS)
 
-test: train_tabpfn $(TESTS)
-	bash test/run_all.sh
+build/emu_%: test/%.cu $(CUDA_SOURCES)
+	@mkdir -p build
+	$(NEED_CUDA_INC)
+	$(CLANGXX) $(EMU_FLAGS) $(EMU_SAN) -x c++ $< -o $@ $(BLAS_LIBS)
+
+build/asan_%: test/%.cu $(CUDA_SOURCES)
+	@mkdir -p build
+	$(NEED_CUDA_INC)
+	$(CLANGXX) $(EMU_FLAGS) $(ASAN_SAN) -x c++ $< -o $@ $(BLAS_LIBS)
+
+build/tsan_%: test/%.cu $(CUDA_SOURCES)
+	@mkdir -p build
+	$(NEED_CUDA_INC)
+	$(CLANGXX) $(EMU_FLAGS) $(TSAN_SAN) -x c++ $< -o $@ $(BLAS_LIBS)
+
+# compiler and ptxas output (registers, shared memory, spills per kernel) kept for the checker;
+# a warning does not stop the build here, the checker fails on it with the table printed
+build/nvcc_%: test/%.cu $(CUDA_SOURCES)
+	@mkdir -p build
+	$(NVCC) $(NVCC_FLAGS) -x cu $< -o $@ -lcublas $(NVCC_BLAS_LIBS) > build/ptxas_$*.txt 2>&1 || { cat build/ptxas_$*.txt; exit 1; }
+
+# build only
+cuda_kernel_tests: $(EMU_BINS) $(NVCC_BINS)
+
+test_cuda_kernels: $(EMU_BINS) $(NVCC_BINS)
+	$(CUDA_ENV) bash test/run_cuda_kernels.sh
+
+test: train_tabpfn $(TESTS) $(EMU_BINS) $(NVCC_BINS)
+	$(CUDA_ENV) bash test/run_all.sh
 
 bench: train_tabpfn
 	bash scripts/bench.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of `make test` (which builds them first), prints each one's verdict and a
 # closing "N passed, M failed" over all test programs; exits non-zero if any failed.
+# The CUDA kernel tests come from test/run_cuda_kernels.sh (also `make test_cuda_kernels`).
 # The PyTorch reference state is regenerated on every run (needs /usr/bin/python3 + torch);
 # the sharded tests run under mpirun with more ranks than cores (--oversubscribe).
 set -u
@@ -45,6 +46,8 @@ for np in 2 3 4; do
     run "test_sharded (mpirun -np $np)" env OMP_NUM_THREADS=1 timeout 600 mpirun --oversubscribe -np "$np" ./build/test_sharded
 done
 run test_mpi_train bash test/test_mpi_train.sh
+# the CUDA kernel tests: emulated (plain, ASan+UBSan, TSan), nvcc + ptxas check, native where a GPU is
+source test/run_cuda_kernels.sh
 
 echo
 [ -n "$failed_names" ] && echo "failed:$failed_names"
