@@ -113,6 +113,78 @@ static __global__ void __launch_bounds__(FAG_THREADS)
 }
 
 // ----------------------------------------------------------------------------
+// Pieces shared by the tiled kernels below. None of them synchronises: the kernels keep every
+// __syncthreads and __syncwarp, where the shared tiles change hands.
+
+// the tile of B positions (queries or keys) and the (sequence, head) of this block
+struct FaBlockTile {
+    int t0;  // the tile's first position
+    long nh; // n * heads + h
+    int h;
+    long n;
+};
+template <int B>
+__device__ __forceinline__ FaBlockTile fa_block_tile(int len, int heads) {
+    const int tiles = (len + B - 1) / B;
+    const long nh = blockIdx.x / tiles;
+    return {(int)(blockIdx.x % tiles) * B, nh, (int)(nh % heads), nh / heads};
+}
+
+// Stages BR positions r0 + r of two tensors' heads (a, b: the head's position 0, seq strides
+// a_stride, b_stride) into rows r of a_s, b_s (row pitches AP, BP), both in one pass of the
+// block; rows from n_valid on and dims from head_dim on are zero, so that padding adds nothing
+// to the products. The caller's __syncthreads publishes the tile. (Where the pitch is DMAX the
+// row index is idx itself; written so, the compiler keeps the kernels' original addressing.)
+template <int BR, int DMAX, int AP, int BP>
+__device__ __forceinline__ void fa_stage_pair(float* a_s, float* b_s, const float* a, const float* b, long a_stride,
+                                              long b_stride, int r0, int n_valid, int head_dim) {
+    for (int idx = (int)threadIdx.x; idx < BR * DMAX; idx += FAG_THREADS) {
+        const int r = idx / DMAX, e = idx % DMAX;
+        const int ok = r < n_valid && e < head_dim;
+        const long a_off = (long)(r0 + r) * a_stride + e, b_off = (long)(r0 + r) * b_stride + e;
+        a_s[AP == DMAX ? idx : r * AP + e] = ok ? a[a_off] : 0.0f;
+        b_s[BP == DMAX ? idx : r * BP + e] = ok ? b[b_off] : 0.0f;
+    }
+}
+
+template <int R, int C>
+__device__ __forceinline__ void fa_zero(float (&x)[R][C]) {
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < C; c++) x[r][c] = 0.0f;
+}
+
+// Step k of NP products a warp computes in registers from shared memory, for the warp's R rows
+// r and this lane's C columns c:
+//     (*out[p])[r][c] += a[p][k + r * AP] * b[p][k * BK + (c * 32 + lane) * BL]
+// a's element is the same on every lane (a broadcast), b's is this lane's own: for the scores
+// its key (query) row c * 32 + lane (BK = 1, BL = the padded row pitch, so that 32 lanes hit 32
+// banks), for the products with V, K, Q, dO its head dim c * 32 + lane (BK = the row pitch,
+// BL = 1). The caller walks k, so every out element sums its terms in k order; the NP products
+// of one step interleave as in a single hand-written loop. out[p] point to the caller's
+// register arrays; the pointers vanish once the step is inlined and unrolled.
+template <int R, int C, int AP, int BK, int BL, int NP>
+__device__ __forceinline__ void fa_fma_step(float (*const (&out)[NP])[R][C], const float* const (&a)[NP],
+                                            const float* const (&b)[NP], int k, int lane) {
+    float bc[NP][C];
+#pragma unroll
+    for (int c = 0; c < C; c++)
+#pragma unroll
+        for (int p = 0; p < NP; p++) bc[p][c] = b[p][k * BK + (c * 32 + lane) * BL];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float ar[NP];
+#pragma unroll
+        for (int p = 0; p < NP; p++) ar[p] = a[p][k + r * AP];
+#pragma unroll
+        for (int c = 0; c < C; c++)
+#pragma unroll
+            for (int p = 0; p < NP; p++) (*out[p])[r][c] = fmaf(ar[p], bc[p][c], (*out[p])[r][c]);
+    }
+}
+
+// ----------------------------------------------------------------------------
 // forward, tiled: a block per (sequence, head, query tile of BQ), online softmax over key
 // tiles of BK. Each warp owns ROWS query rows: running max m and a per-lane partial sum l
 // per row, the unnormalised output per row in registers (lanes over head dims).
@@ -129,11 +201,7 @@ __global__ void __launch_bounds__(FAG_THREADS)
     __shared__ float p_s[FAG_WARPS * ROWS * BK]; // each warp's probabilities for the P V product
     static_assert((BQ * DMAX + BK * KS + BK * DMAX + FAG_WARPS * ROWS * BK) * 4 <= MOSAIC_MAX_SHARED_BYTES, "smem");
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int q_tiles = (q_len + BQ - 1) / BQ;
-    const int i0 = (int)(blockIdx.x % q_tiles) * BQ;
-    const long nh = blockIdx.x / q_tiles;
-    const int h = (int)(nh % heads);
-    const long n = nh / heads;
+    const auto [i0, nh, h, n] = fa_block_tile<BQ>(q_len, heads);
     const float* qb = q + axis_offset(q_layout, n) + (long)h * head_dim;
     const float* kb = k + axis_offset(kv_layout, n) + (long)h * head_dim;
     const float* vb = v + axis_offset(kv_layout, n) + (long)h * head_dim;
@@ -142,42 +210,24 @@ __global__ void __launch_bounds__(FAG_THREADS)
         q_s[idx] = i0 + r < q_len && e < head_dim ? qb[(long)(i0 + r) * q_layout.seq_stride + e] * scale : 0.0f;
     }
     float acc[ROWS][NT], m[ROWS], l[ROWS];
+    fa_zero(acc);
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
     }
     float* p_w = p_s + warp * ROWS * BK;
     const float* q_w = q_s + warp * ROWS * DMAX;
     for (int j0 = 0; j0 < kv_len; j0 += BK) {
         const int nk = kv_len - j0 < BK ? kv_len - j0 : BK;
-        for (int idx = tid; idx < BK * DMAX; idx += FAG_THREADS) {
-            const int j = idx / DMAX, e = idx % DMAX;
-            const int ok = j < nk && e < head_dim;
-            const long off = (long)(j0 + j) * kv_layout.seq_stride + e;
-            k_s[j * KS + e] = ok ? kb[off] : 0.0f;
-            v_s[idx] = ok ? vb[off] : 0.0f;
-        }
+        fa_stage_pair<BK, DMAX, KS, DMAX>(k_s, v_s, kb, vb, kv_layout.seq_stride, kv_layout.seq_stride, j0, nk,
+                                          head_dim);
         __syncthreads(); // fwd: the K, V tile (and Q) complete before any warp reads it
+        // scores s[r][c] of query row r and this lane's key c * 32 + lane
         float s[ROWS][KPL];
-#pragma unroll
-        for (int r = 0; r < ROWS; r++)
-#pragma unroll
-            for (int c = 0; c < KPL; c++) s[r][c] = 0.0f;
+        fa_zero(s);
 #pragma unroll 4
-        for (int e = 0; e < DMAX; e++) {
-            float ke[KPL];
-#pragma unroll
-            for (int c = 0; c < KPL; c++) ke[c] = k_s[(c * 32 + lane) * KS + e];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const float qe = q_w[r * DMAX + e];
-#pragma unroll
-                for (int c = 0; c < KPL; c++) s[r][c] = fmaf(qe, ke[c], s[r][c]);
-            }
-        }
+        for (int e = 0; e < DMAX; e++) fa_fma_step<ROWS, KPL, DMAX, 1, KS>({&s}, {q_w}, {k_s}, e, lane);
 #pragma unroll
         for (int r = 0; r < ROWS; r++) {
             float mx = -INFINITY;
@@ -201,18 +251,9 @@ __global__ void __launch_bounds__(FAG_THREADS)
             m[r] = m_new;
         }
         __syncwarp(); // every lane's p written before the lanes read each other's
+        // acc += P V, this lane's head dims t * 32 + lane
 #pragma unroll 4
-        for (int j = 0; j < BK; j++) {
-            float ve[NT];
-#pragma unroll
-            for (int t = 0; t < NT; t++) ve[t] = v_s[j * DMAX + t * 32 + lane];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const float p = p_w[r * BK + j];
-#pragma unroll
-                for (int t = 0; t < NT; t++) acc[r][t] = fmaf(p, ve[t], acc[r][t]);
-            }
-        }
+        for (int j = 0; j < BK; j++) fa_fma_step<ROWS, NT, BK, DMAX, 1>({&acc}, {p_w}, {v_s}, j, lane);
         __syncthreads(); // fwd: every warp is done with K, V, P before the next tile overwrites them
     }
     float* ob = out + axis_offset(out_layout, n) + (long)h * head_dim;
@@ -407,67 +448,37 @@ __global__ void __launch_bounds__(FAG_THREADS)
     __shared__ float ds_s[FAG_WARPS * ROWS * BK]; // each warp's dS for the dS K product
     static_assert((2 * BQ * DMAX + 2 * BK * KS + FAG_WARPS * ROWS * BK) * 4 <= MOSAIC_MAX_SHARED_BYTES, "smem");
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int q_tiles = (q_len + BQ - 1) / BQ;
-    const int i0 = (int)(blockIdx.x % q_tiles) * BQ;
-    const long nh = blockIdx.x / q_tiles;
-    const int h = (int)(nh % heads);
-    const long n = nh / heads;
+    const auto [i0, nh, h, n] = fa_block_tile<BQ>(q_len, heads);
     const float* qb = q + axis_offset(q_layout, n) + (long)h * head_dim;
     const float* dob = dout + axis_offset(out_layout, n) + (long)h * head_dim;
     const float* kb = k + axis_offset(kv_layout, n) + (long)h * head_dim;
     const float* vb = v + axis_offset(kv_layout, n) + (long)h * head_dim;
-    for (int idx = tid; idx < BQ * DMAX; idx += FAG_THREADS) {
-        const int r = idx / DMAX, e = idx % DMAX;
-        const int ok = i0 + r < q_len && e < head_dim;
-        q_s[idx] = ok ? qb[(long)(i0 + r) * q_layout.seq_stride + e] : 0.0f;
-        do_s[idx] = ok ? dob[(long)(i0 + r) * out_layout.seq_stride + e] : 0.0f;
-    }
+    fa_stage_pair<BQ, DMAX, DMAX, DMAX>(q_s, do_s, qb, dob, q_layout.seq_stride, out_layout.seq_stride, i0,
+                                        q_len - i0, head_dim);
     // per row (warp-uniform): lse and D; a padding row gets lse = +inf, so p = 0
     float lse_r[ROWS], d_r[ROWS], acc[ROWS][NT];
+    fa_zero(acc);
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         const int i = i0 + warp * ROWS + r;
         lse_r[r] = i < q_len ? lse[nh * q_len + i] : INFINITY;
         d_r[r] = i < q_len ? dsum[nh * q_len + i] : 0.0f;
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
     }
     float* ds_w = ds_s + warp * ROWS * BK;
     const float* q_w = q_s + warp * ROWS * DMAX;
     const float* do_w = do_s + warp * ROWS * DMAX;
     for (int j0 = 0; j0 < kv_len; j0 += BK) {
         const int nk = kv_len - j0 < BK ? kv_len - j0 : BK;
-        for (int idx = tid; idx < BK * DMAX; idx += FAG_THREADS) {
-            const int j = idx / DMAX, e = idx % DMAX;
-            const int ok = j < nk && e < head_dim;
-            const long off = (long)(j0 + j) * kv_layout.seq_stride + e;
-            k_s[j * KS + e] = ok ? kb[off] : 0.0f;
-            v_s[j * KS + e] = ok ? vb[off] : 0.0f;
-        }
+        fa_stage_pair<BK, DMAX, KS, KS>(k_s, v_s, kb, vb, kv_layout.seq_stride, kv_layout.seq_stride, j0, nk,
+                                        head_dim);
         __syncthreads(); // dq: the K, V tile (and Q, dO) complete before any warp reads it
+        // scores s and dP = dO V^T of query row r and this lane's key c * 32 + lane
         float s[ROWS][KPL], dp[ROWS][KPL];
-#pragma unroll
-        for (int r = 0; r < ROWS; r++)
-#pragma unroll
-            for (int c = 0; c < KPL; c++) s[r][c] = dp[r][c] = 0.0f;
+        fa_zero(s);
+        fa_zero(dp);
 #pragma unroll 4
-        for (int e = 0; e < DMAX; e++) {
-            float ke[KPL], ve[KPL];
-#pragma unroll
-            for (int c = 0; c < KPL; c++) {
-                ke[c] = k_s[(c * 32 + lane) * KS + e];
-                ve[c] = v_s[(c * 32 + lane) * KS + e];
-            }
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const float qe = q_w[r * DMAX + e], de = do_w[r * DMAX + e];
-#pragma unroll
-                for (int c = 0; c < KPL; c++) {
-                    s[r][c] = fmaf(qe, ke[c], s[r][c]);
-                    dp[r][c] = fmaf(de, ve[c], dp[r][c]);
-                }
-            }
-        }
+        for (int e = 0; e < DMAX; e++)
+            fa_fma_step<ROWS, KPL, DMAX, 1, KS>({&s, &dp}, {q_w, do_w}, {k_s, v_s}, e, lane);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -477,18 +488,9 @@ __global__ void __launch_bounds__(FAG_THREADS)
                 ds_w[r * BK + j] = p * (dp[r][c] - d_r[r]) * scale;
             }
         __syncwarp(); // every lane's dS written before the lanes read each other's
+        // acc += dS K, this lane's head dims t * 32 + lane
 #pragma unroll 4
-        for (int j = 0; j < BK; j++) {
-            float ke[NT];
-#pragma unroll
-            for (int t = 0; t < NT; t++) ke[t] = k_s[j * KS + t * 32 + lane];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const float g = ds_w[r * BK + j];
-#pragma unroll
-                for (int t = 0; t < NT; t++) acc[r][t] = fmaf(g, ke[t], acc[r][t]);
-            }
-        }
+        for (int j = 0; j < BK; j++) fa_fma_step<ROWS, NT, BK, KS, 1>({&acc}, {ds_w}, {k_s}, j, lane);
         __syncthreads(); // dq: every warp is done with K, V, dS before the next tile overwrites them
     }
     float* dqb = dq + axis_offset(q_layout, n) + (long)h * head_dim;
@@ -523,84 +525,48 @@ __global__ void __launch_bounds__(FAG_THREADS)
     __shared__ float ds_s[FAG_WARPS * ROWS * BQ];
     static_assert((2 * BKV * DMAX + 2 * BQ * QS + 2 * FAG_WARPS * ROWS * BQ) * 4 <= MOSAIC_MAX_SHARED_BYTES, "smem");
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int kv_tiles = (kv_len + BKV - 1) / BKV;
-    const int j0 = (int)(blockIdx.x % kv_tiles) * BKV;
-    const long nh = blockIdx.x / kv_tiles;
-    const int h = (int)(nh % heads);
-    const long n = nh / heads;
+    const auto [j0, nh, h, n] = fa_block_tile<BKV>(kv_len, heads);
     const int nk = kv_len - j0 < BKV ? kv_len - j0 : BKV;
     const float* qb = q + axis_offset(q_layout, n) + (long)h * head_dim;
     const float* dob = dout + axis_offset(out_layout, n) + (long)h * head_dim;
+    const float* kb = k + axis_offset(kv_layout, n) + (long)h * head_dim;
+    const float* vb = v + axis_offset(kv_layout, n) + (long)h * head_dim;
     const float* lb = lse + nh * q_len;
     const float* db = dsum + nh * q_len;
-    {
-        const float* kb = k + axis_offset(kv_layout, n) + (long)h * head_dim;
-        const float* vb = v + axis_offset(kv_layout, n) + (long)h * head_dim;
-        for (int idx = tid; idx < BKV * DMAX; idx += FAG_THREADS) {
-            const int j = idx / DMAX, e = idx % DMAX;
-            const int ok = j < nk && e < head_dim;
-            const long off = (long)(j0 + j) * kv_layout.seq_stride + e;
-            k_s[idx] = ok ? kb[off] : 0.0f;
-            v_s[idx] = ok ? vb[off] : 0.0f;
-        }
-    }
+    fa_stage_pair<BKV, DMAX, DMAX, DMAX>(k_s, v_s, kb, vb, kv_layout.seq_stride, kv_layout.seq_stride, j0, nk,
+                                         head_dim);
     float dk_acc[ROWS][NT], dv_acc[ROWS][NT];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) dk_acc[r][t] = dv_acc[r][t] = 0.0f;
+    fa_zero(dk_acc);
+    fa_zero(dv_acc);
     const float* k_w = k_s + warp * ROWS * DMAX;
     const float* v_w = v_s + warp * ROWS * DMAX;
     float* p_w = p_s + warp * ROWS * BQ;
     float* ds_w = ds_s + warp * ROWS * BQ;
     for (int i0 = 0; i0 < q_len; i0 += BQ) {
-        for (int idx = tid; idx < BQ * DMAX; idx += FAG_THREADS) {
-            const int r = idx / DMAX, e = idx % DMAX;
-            const int ok = i0 + r < q_len && e < head_dim;
-            q_s[r * QS + e] = ok ? qb[(long)(i0 + r) * q_layout.seq_stride + e] : 0.0f;
-            do_s[r * QS + e] = ok ? dob[(long)(i0 + r) * out_layout.seq_stride + e] : 0.0f;
-        }
+        fa_stage_pair<BQ, DMAX, QS, QS>(q_s, do_s, qb, dob, q_layout.seq_stride, out_layout.seq_stride, i0,
+                                        q_len - i0, head_dim);
         // this lane's query: a padding query gets lse = +inf, so p = dS = 0
         const int i = i0 + lane;
         const float lse_i = i < q_len ? lb[i] : INFINITY, d_i = i < q_len ? db[i] : 0.0f;
         __syncthreads(); // dkv: the Q, dO tile (and K, V) complete before any warp reads it
-        float s[ROWS], dp[ROWS];
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) s[r] = dp[r] = 0.0f;
+        // scores s and dP = V dO^T of key row r and this lane's query (one column)
+        float s[ROWS][1], dp[ROWS][1];
+        fa_zero(s);
+        fa_zero(dp);
 #pragma unroll 4
-        for (int e = 0; e < DMAX; e++) {
-            const float qe = q_s[lane * QS + e], de = do_s[lane * QS + e];
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                s[r] = fmaf(k_w[r * DMAX + e], qe, s[r]);
-                dp[r] = fmaf(v_w[r * DMAX + e], de, dp[r]);
-            }
-        }
+        for (int e = 0; e < DMAX; e++)
+            fa_fma_step<ROWS, 1, DMAX, 1, QS>({&s, &dp}, {k_w, v_w}, {q_s, do_s}, e, lane);
 #pragma unroll
         for (int r = 0; r < ROWS; r++) {
-            const float p = expf(scale * s[r] - lse_i);
+            const float p = expf(scale * s[r][0] - lse_i);
             p_w[r * BQ + lane] = p;
-            ds_w[r * BQ + lane] = p * (dp[r] - d_i) * scale;
+            ds_w[r * BQ + lane] = p * (dp[r][0] - d_i) * scale;
         }
         __syncwarp(); // every lane's P, dS written before the lanes read each other's
+        // dV += P dO, dK += dS Q, this lane's head dims t * 32 + lane
 #pragma unroll 4
-        for (int ii = 0; ii < BQ; ii++) {
-            float qe[NT], de[NT];
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                qe[t] = q_s[ii * QS + t * 32 + lane];
-                de[t] = do_s[ii * QS + t * 32 + lane];
-            }
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const float p = p_w[r * BQ + ii], g = ds_w[r * BQ + ii];
-#pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    dv_acc[r][t] = fmaf(p, de[t], dv_acc[r][t]);
-                    dk_acc[r][t] = fmaf(g, qe[t], dk_acc[r][t]);
-                }
-            }
-        }
+        for (int ii = 0; ii < BQ; ii++)
+            fa_fma_step<ROWS, NT, BQ, QS, 1>({&dv_acc, &dk_acc}, {p_w, ds_w}, {do_s, q_s}, ii, lane);
         __syncthreads(); // dkv: every warp is done with Q, dO, P, dS before the next query tile
     }
     float* dkb = dk + axis_offset(kv_layout, n) + (long)h * head_dim;

@@ -10,24 +10,7 @@ PY=/usr/bin/python3
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 TMP=$(mktemp -d /tmp/mosaic_tests.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-passed=0
-failed=0
-failed_names=""
-
-run() { # run NAME COMMAND...: one test program, its output indented
-    local name=$1
-    shift
-    local t0=$SECONDS
-    echo "=== $name"
-    if "$@" 2>&1 | sed 's/^/    /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
-        passed=$((passed + 1))
-        echo "=== $name: PASS ($((SECONDS - t0)) s)"
-    else
-        failed=$((failed + 1))
-        failed_names="$failed_names $name"
-        echo "=== $name: FAIL ($((SECONDS - t0)) s)"
-    fi
-}
+source test/run_lib.sh
 
 run test_ops_gradcheck ./build/test_ops_gradcheck
 run test_flash_attention ./build/test_flash_attention
@@ -49,7 +32,4 @@ run test_mpi_train bash test/test_mpi_train.sh
 # the CUDA kernel tests: emulated (plain, ASan+UBSan, TSan), nvcc + ptxas check, native where a GPU is
 source test/run_cuda_kernels.sh
 
-echo
-[ -n "$failed_names" ] && echo "failed:$failed_names"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+run_summary

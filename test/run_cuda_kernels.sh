@@ -15,23 +15,7 @@ cuda_kernels_main() {
     if ! declare -F run >/dev/null; then
         standalone=1
         cd "$(dirname "${BASH_SOURCE[0]}")/.." || return 1
-        passed=0
-        failed=0
-        failed_names=""
-        run() { # run NAME COMMAND...: one test program, its output indented
-            local name=$1
-            shift
-            local t0=$SECONDS
-            echo "=== $name"
-            if "$@" 2>&1 | sed 's/^/    /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
-                passed=$((passed + 1))
-                echo "=== $name: PASS ($((SECONDS - t0)) s)"
-            else
-                failed=$((failed + 1))
-                failed_names="$failed_names $name"
-                echo "=== $name: FAIL ($((SECONDS - t0)) s)"
-            fi
-        }
+        source test/run_lib.sh
     fi
     local cuda_tests=${CUDA_TESTS-}
     if [ -z "$cuda_tests" ]; then
@@ -100,12 +84,7 @@ cuda_kernels_main() {
         echo "=== SKIPPED: kernel mutations: test/test_kernel_mutations.sh not found"
     fi
 
-    if [ "$standalone" -eq 1 ]; then
-        echo
-        [ -n "$failed_names" ] && echo "failed:$failed_names"
-        echo "$passed passed, $failed failed"
-        [ "$failed" -eq 0 ]
-    fi
+    if [ "$standalone" -eq 1 ]; then run_summary; fi
 }
 
 cuda_kernels_main
