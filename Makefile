@@ -102,3 +102,58 @@ bench: train_tabpfn
 
 clean:
 	rm -rf build train_tabpfn
+
+# ----------------------------------------------------------------------------------------------
+# The GPU trainer: the same train_tabpfn.cu with -DMOSAIC_CUDA (CUDA leaf ops, NCCL transport).
+#   train_tabpfn_cuda       nvcc for ARCH (default sm_80 and sm_90), cuBLAS + NCCL + MPI, warnings
+#                           are errors; part of `make` where nvcc is found
+#   train_tabpfn_emulated   clang++ against test/simt_emulator.h and the test-only CUDA runtime,
+#                           cuBLAS and NCCL shims: the whole GPU trainer on the CPU, for CI
+#                           (test/test_gpu_trainer.sh compares it with ./train_tabpfn)
+# MPI reaches nvcc through its host compiler (-Xcompiler) and linker (-L, -l as they are).
+NVCC_MPI_CFLAGS := $(foreach f,$(MPI_CFLAGS),-Xcompiler $(f))
+NVCC_MPI_LIBS := $(foreach f,$(MPI_LIBS),$(if $(filter -L% -l%,$(f)),$(f),-Xlinker $(f)))
+NVCC_TRAIN_FLAGS := -std=c++17 -O3 -DMOSAIC_CUDA $(foreach a,$(ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
+                    -Werror all-warnings -Xcompiler -fopenmp,-Wall,-Wno-unused-function,-Werror
+EMU_TRAIN_FLAGS := -std=c++17 -O2 -g -DMOSAIC_CUDA -DMOSAIC_SIMT_EMULATION -I$(CUDA_INC) -Wall -Wno-unused-function $(EMU_SAN)
+
+all: $(if $(NVCC),train_tabpfn_cuda)
+test: train_tabpfn_emulated
+.PHONY: gpu_trainers
+gpu_trainers: train_tabpfn_emulated $(if $(NVCC),train_tabpfn_cuda)
+
+train_tabpfn_cuda: train_tabpfn.cu $(CUDA_SOURCES)
+	@test -n "$(NVCC)" || { echo "error: nvcc not found (set NVCC or CUDA_HOME): train_tabpfn_cuda needs the CUDA toolkit"; exit 1; }
+	$(NVCC) $(NVCC_TRAIN_FLAGS) $(NVCC_MPI_CFLAGS) -x cu $< -o $@ -lcublas -lnccl $(NVCC_MPI_LIBS)
+
+train_tabpfn_emulated: train_tabpfn.cu $(CUDA_SOURCES)
+	$(NEED_CUDA_INC)
+	$(CLANGXX) $(EMU_TRAIN_FLAGS) $(MPI_CFLAGS) -x c++ $< -o $@ $(BLAS_LIBS) $(MPI_LIBS)
+.PHONY: clean_gpu_trainers
+clean: clean_gpu_trainers
+clean_gpu_trainers:
+	rm -f train_tabpfn_cuda train_tabpfn_emulated
+
+# ----------------------------------------------------------------------------------------------
+# GPU shims self-test (helper E): test/test_gpu_shims.cu checks the test-only CUDA runtime with
+# deferred streams and events (test/cuda_runtime_shim.h) and NCCL on MPI (test/nccl_shim.h).
+# Emulated builds only (plain, ASan+UBSan, TSan), linked with MPI; test/run_cuda_kernels.sh runs
+# them single-process and the plain one under mpirun -np 2 (--nccl-only).
+SHIM_TEST_BINS := $(foreach v,emu asan tsan,build/$(v)_test_gpu_shims)
+SHIM_TEST_SOURCES := test/test_gpu_shims.cu $(CUDA_SOURCES)
+cuda_kernel_tests test_cuda_kernels test: $(SHIM_TEST_BINS)
+
+build/emu_test_gpu_shims: $(SHIM_TEST_SOURCES)
+	@mkdir -p build
+	$(NEED_CUDA_INC)
+	$(CLANGXX) $(EMU_FLAGS) $(EMU_SAN) $(MPI_CFLAGS) -x c++ $< -o $@ $(MPI_LIBS)
+
+build/asan_test_gpu_shims: $(SHIM_TEST_SOURCES)
+	@mkdir -p build
+	$(NEED_CUDA_INC)
+	$(CLANGXX) $(EMU_FLAGS) $(ASAN_SAN) $(MPI_CFLAGS) -x c++ $< -o $@ $(MPI_LIBS)
+
+build/tsan_test_gpu_shims: $(SHIM_TEST_SOURCES)
+	@mkdir -p build
+	$(NEED_CUDA_INC)
+	$(CLANGXX) $(EMU_FLAGS) $(TSAN_SAN) $(MPI_CFLAGS) -x c++ $< -o $@ $(MPI_LIBS)

@@ -13,6 +13,9 @@
 // by the strategy chosen for that layer (attention/row_*.h). Gradients are summed over all
 // ranks once per step, so every rank applies the same update to its replica.
 // Build: make train_tabpfn (CPU: g++ with OpenMP + OpenBLAS + MPI). Run ./train_tabpfn --help.
+// The same file is the GPU trainer: make train_tabpfn_cuda (nvcc, -DMOSAIC_CUDA: CUDA leaf ops,
+// cuBLAS, the NCCL transport of comm/comm_nccl.h) and, for CI, make train_tabpfn_emulated (the
+// CUDA build run on the CPU through test/simt_emulator.h and test-only CUDA/cuBLAS/NCCL shims).
 #include <signal.h>
 #include <unistd.h>
 #include <sys/resource.h>
@@ -147,7 +150,8 @@ static void print_usage(const TrainArgs* d) {
            "  --composed-outer S       composed/hierarchical, across grid rows: ring or allgather (ring)\n"
            "  --no-overlap             wait for every transfer at once (shows what overlap hides)\n"
            "  --debug-fail-rank R      testing: rank R dies mid-step at --debug-fail-step N,\n"
-           "                           --debug-fail-how exit|error|kill (exit)\n"
+           "                           --debug-fail-how exit|error|kill|hang (exit; hang: stays alive,\n"
+           "                           silent: the GPU build's device-wait deadline ends the job)\n"
            "  --quiet                  print every 50th step instead of every step\n"
            "  --help                   this text\n",
            d->prior.min_rows, d->prior.max_rows, d->prior.min_features, d->prior.max_features, d->prior.num_classes,
@@ -238,7 +242,8 @@ static void parse_args(TrainArgs* a, int argc, char** argv) {
         else if (!strcmp(f, "--debug-fail-rank")) a->fail_rank = (int)parse_long_flag(f, v, 0, 1 << 20);
         else if (!strcmp(f, "--debug-fail-step")) a->fail_step = (int)parse_long_flag(f, v, 1, BIG);
         else if (!strcmp(f, "--debug-fail-how")) {
-            if (strcmp(v, "exit") && strcmp(v, "error") && strcmp(v, "kill")) mosaic_fail("--debug-fail-how takes exit, error or kill, got '%s'", v);
+            if (strcmp(v, "exit") && strcmp(v, "error") && strcmp(v, "kill") && strcmp(v, "hang"))
+                mosaic_fail("--debug-fail-how takes exit, error, kill or hang, got '%s'", v);
             a->fail_how = v;
         }
         else mosaic_fail("unknown flag '%s' (see --help)", f);
@@ -609,6 +614,14 @@ static void check_batch_labels(const TableBatch* batch, int outputs, const char*
 }
 
 int main(int argc, char** argv) {
+    // --help before anything starts: the CUDA build picks its GPU while the world forms
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            TrainArgs defaults;
+            train_args_default(&defaults);
+            print_usage(&defaults);
+            return 0;
+        }
     ParallelLayout pl;
     memset(&pl, 0, sizeof(pl));
     comm_init_world(&pl.world, &argc, &argv);
@@ -733,9 +746,12 @@ int main(int argc, char** argv) {
         tabpfn_forward(&model);
         if (step + 1 == args.fail_step && pl.world.rank == args.fail_rank) { // the others wait in backward
             if (!strcmp(args.fail_how, "error")) mosaic_fail("failure injected at step %d (--debug-fail-rank)", step + 1);
-            fprintf(stderr, "mosaic: [rank %d] dying mid-step %d, as --debug-fail-rank asked\n", pl.world.rank, step + 1);
+            const int hang = !strcmp(args.fail_how, "hang");
+            fprintf(stderr, "mosaic: [rank %d] %s mid-step %d, as --debug-fail-rank asked\n", pl.world.rank,
+                    hang ? "hanging" : "dying", step + 1);
             fflush(stderr);
             if (!strcmp(args.fail_how, "kill")) raise(SIGKILL);
+            while (hang) pause(); // alive, but never again answering its peers
             _exit(3); // no MPI_Finalize, no goodbye: as a crashed process would
         }
         tabpfn_backward(&model);

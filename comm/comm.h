@@ -15,11 +15,25 @@
 //     stop requests, the node-local rank count).
 // Groups (comm_init_world, comm_init_single, comm_split, comm_free, comm_finalize) are MPI.
 //
+// Transports: the CPU build runs the device-memory calls on MPI (below); the CUDA build
+// (-DMOSAIC_CUDA) on NCCL (comm/comm_nccl.h), with one NCCL communicator per group of more
+// than one rank, made when the group is, and the transfers on the communication stream.
+// Both count the same bytes.
+//
 // A group of one rank needs no MPI at all (comm_init_single): every collective is then the
 // identity (or a copy), so single-process tools and tests run without mpirun.
 #pragma once
 #include <mpi.h>
 #include "../model/common.h"
+#ifdef MOSAIC_CUDA
+#include "../model/ops_cuda.cuh" // the streams, device copies, host waits with a deadline
+#ifdef MOSAIC_SIMT_EMULATION
+#include "../test/nccl_shim.h" // test-only NCCL on MPI, over the emulator's streams
+#else
+#include <nccl.h>
+#endif
+enum { COMM_PAIRS_IN_FLIGHT = 8 }; // posted send/recv pairs a group may have unwaited
+#endif
 
 typedef struct {
     MPI_Comm mpi;        // MPI_COMM_NULL for a single-process group
@@ -27,6 +41,14 @@ typedef struct {
     int size;            // ranks in the group
     uint64_t bytes_sent; // payload this rank has sent through this group
     double wait_seconds; // time blocked in waits and collectives: communication not hidden
+                         // (MPI only: the NCCL transport never blocks the host)
+#ifdef MOSAIC_CUDA
+    ncclComm_t nccl;     // NULL for a group of one
+    cudaEvent_t ready;   // recorded on the compute stream: the data to send is ready
+    cudaEvent_t joined;  // recorded on the communication stream after a collective
+    cudaEvent_t pair_done[COMM_PAIRS_IN_FLIGHT]; // a posted pair's completion, one slot per pair
+    int pair_busy[COMM_PAIRS_IN_FLIGHT];
+#endif
 } Comm;
 
 // an MPI error names the call and the site, then takes the whole job down
@@ -44,12 +66,25 @@ typedef struct {
     } while (0)
 
 static inline void comm_init_single(Comm* comm) {
+    memset(comm, 0, sizeof(*comm)); // under CUDA: no NCCL communicator, no events
     comm->mpi = MPI_COMM_NULL;
     comm->rank = 0;
     comm->size = 1;
-    comm->bytes_sent = 0;
-    comm->wait_seconds = 0.0;
 }
+
+// the transport's part of a group (comm_nccl.h under CUDA; nothing for MPI): attach after the
+// group's MPI communicator exists, detach before it is freed
+#ifdef MOSAIC_CUDA
+static void comm_device_select(Comm* world);
+static void comm_device_attach(Comm* comm);
+static void comm_device_detach(Comm* comm);
+static void comm_device_finalize(void);
+#else
+static inline void comm_device_select(Comm* world) { (void)world; }
+static inline void comm_device_attach(Comm* comm) { (void)comm; }
+static inline void comm_device_detach(Comm* comm) { (void)comm; }
+static inline void comm_device_finalize(void) {}
+#endif
 
 // one failing rank must not leave the others blocked in a collective
 static void comm_abort_world(int code) {
@@ -74,9 +109,12 @@ static void comm_init_world(Comm* world, int* argc, char*** argv) {
     }
     world->bytes_sent = 0;
     world->wait_seconds = 0.0;
+    comm_device_select(world); // CUDA: this rank's GPU, from its rank on the node
+    comm_device_attach(world);
 }
 
 static void comm_finalize(void) {
+    comm_device_finalize();
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (initialized) MPI_Finalize();
@@ -98,13 +136,33 @@ static void comm_split(Comm* out, const Comm* parent, int color, int key) {
     if (out->size == 1) { // a group of one never needs MPI
         MPI_Comm_free(&out->mpi);
         comm_init_single(out);
+        return;
     }
+    comm_device_attach(out);
 }
 
 // releases a group made by comm_split (the world and single groups hold nothing to free)
 static void comm_free(Comm* comm) {
+    comm_device_detach(comm);
     if (comm->mpi != MPI_COMM_NULL && comm->mpi != MPI_COMM_WORLD) MPI_Comm_free(&comm->mpi);
     comm->mpi = MPI_COMM_NULL;
+}
+
+// ----------------------------------------------------------------------------
+// payload bytes a rank sends, the same figures for both transports (the benchmark and
+// test_mpi_train compare them with the cost model): ring-algorithm volumes for the collectives
+
+static inline uint64_t comm_bytes_gather(const Comm* comm, size_t count, size_t elem) { // allgather, all-to-all, reduce-scatter
+    return (uint64_t)(comm->size - 1) * count * elem;
+}
+static inline uint64_t comm_bytes_allreduce(const Comm* comm, size_t count, size_t elem) {
+    return 2 * (uint64_t)(comm->size - 1) * count * elem / comm->size;
+}
+static inline uint64_t comm_bytes_alltoallv(const Comm* comm, const int* send_counts) {
+    uint64_t bytes = 0;
+    for (int r = 0; r < comm->size; r++)
+        if (r != comm->rank) bytes += (uint64_t)send_counts[r] * sizeof(float);
+    return bytes;
 }
 
 // ----------------------------------------------------------------------------
@@ -119,7 +177,7 @@ static void comm_mpi_allgather(Comm* comm, void* out, const void* in, size_t cou
     double t0 = wall_seconds();
     MPI_CHECK(MPI_Allgather(in, (int)count, type, out, (int)count, type, comm->mpi));
     comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * elem;
+    comm->bytes_sent += comm_bytes_gather(comm, count, elem);
 }
 
 // buf (count) = sum over ranks, identical everywhere. Ring-algorithm volume: 2 (p-1)/p.
@@ -129,7 +187,7 @@ static void comm_mpi_allreduce_sum(Comm* comm, void* buf, size_t count, MPI_Data
     double t0 = wall_seconds();
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, type, MPI_SUM, comm->mpi));
     comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += 2 * (uint64_t)(comm->size - 1) * count * elem / comm->size;
+    comm->bytes_sent += comm_bytes_allreduce(comm, count, elem);
 }
 
 static long comm_mpi_allreduce_long(Comm* comm, long value, MPI_Op op) {
@@ -139,6 +197,9 @@ static long comm_mpi_allreduce_long(Comm* comm, long value, MPI_Op op) {
     return out;
 }
 
+#ifdef MOSAIC_CUDA
+#include "comm_nccl.h" // the device-memory calls below, on NCCL
+#else
 // ----------------------------------------------------------------------------
 // device memory: point to point, a send and a receive posted together and waited together,
 // so that compute runs in between
@@ -187,8 +248,7 @@ static void comm_alltoallv(Comm* comm, float* out, const int* recv_counts, const
     MPI_CHECK(MPI_Alltoallv(in, send_counts, send_offsets, MPI_FLOAT, out, recv_counts, recv_offsets, MPI_FLOAT,
                             comm->mpi));
     comm->wait_seconds += wall_seconds() - t0;
-    for (int r = 0; r < comm->size; r++)
-        if (r != comm->rank) comm->bytes_sent += (uint64_t)send_counts[r] * sizeof(float);
+    comm->bytes_sent += comm_bytes_alltoallv(comm, send_counts);
 }
 
 // equal-count all-to-all: block r of in (size * count) goes to rank r; block r of out
@@ -202,7 +262,7 @@ static void comm_alltoall(Comm* comm, float* out, const float* in, size_t count)
     double t0 = wall_seconds();
     MPI_CHECK(MPI_Alltoall(in, (int)count, MPI_FLOAT, out, (int)count, MPI_FLOAT, comm->mpi));
     comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
+    comm->bytes_sent += comm_bytes_gather(comm, count, sizeof(float));
 }
 
 // buf (count) = sum over ranks, identical everywhere
@@ -224,8 +284,9 @@ static void comm_reduce_scatter_sum(Comm* comm, float* out, const float* in, siz
     double t0 = wall_seconds();
     MPI_CHECK(MPI_Reduce_scatter_block(in, out, (int)count, MPI_FLOAT, MPI_SUM, comm->mpi));
     comm->wait_seconds += wall_seconds() - t0;
-    comm->bytes_sent += (uint64_t)(comm->size - 1) * count * sizeof(float);
+    comm->bytes_sent += comm_bytes_gather(comm, count, sizeof(float));
 }
+#endif // MOSAIC_CUDA
 
 // ----------------------------------------------------------------------------
 // host memory only, always MPI
@@ -243,6 +304,17 @@ static void comm_host_allreduce_sum_double(Comm* comm, double* buf, size_t count
 // one value per rank, maxed / minned: for agreement checks (config hashes, error counts)
 static long comm_host_allreduce_max_long(Comm* comm, long value) { return comm_mpi_allreduce_long(comm, value, MPI_MAX); }
 static long comm_host_allreduce_min_long(Comm* comm, long value) { return comm_mpi_allreduce_long(comm, value, MPI_MIN); }
+
+// this rank's index among the ranks of its node (MPI's shared-memory split of world): picks its GPU
+static int comm_host_node_local_rank(Comm* world) {
+    if (world->size == 1) return 0;
+    MPI_Comm node;
+    MPI_CHECK(MPI_Comm_split_type(world->mpi, MPI_COMM_TYPE_SHARED, world->rank, MPI_INFO_NULL, &node));
+    int rank;
+    MPI_Comm_rank(node, &rank);
+    MPI_Comm_free(&node);
+    return rank;
+}
 
 // the fewest ranks that share a node (MPI's shared-memory split of world), the same on every rank
 static int comm_host_node_local_size(Comm* world) {

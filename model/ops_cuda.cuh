@@ -4,8 +4,9 @@
 //   - outputs first, then inputs, then sizes; pointers are device pointers;
 //   - a backward op OVERWRITES the gradient of its activation input and ACCUMULATES (+=) into
 //     parameter gradients;
-//   - every op enqueues on mosaic_stream and returns without waiting (device_copy_to_host and
-//     device_synchronize are the blocking exceptions);
+//   - every op enqueues on mosaic_stream and returns without waiting (the host copies
+//     device_copy_to_host / device_copy_to_device and device_synchronize are the blocking
+//     exceptions, and they wait with a deadline: see the backend section at the end);
 //   - reductions run in a fixed order that depends only on the shapes, never on the schedule:
 //     warp sums are xor butterflies, block sums go through shared memory in a fixed tree, and
 //     sums over many rows write per-chunk partials that a second kernel adds in chunk order
@@ -14,6 +15,7 @@
 // label statistics and the sum of squares). The linear layers go through cuBLAS (fp32, no TF32).
 #pragma once
 #include <limits.h>
+#include <unistd.h>
 #include <cublas_v2.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -44,28 +46,44 @@ static inline void device_free(void* ptr) {
 static inline void device_memset_zero(void* ptr, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, mosaic_stream));
 }
-// from pageable host memory the copy returns once the source is staged, so the caller may reuse it
+// host waits on a stream, with a deadline while peers take part (defined with the backend below)
+static inline void stream_wait(cudaStream_t stream, const char* what, const char* file, int line);
+// blocking: CUDA only says an async copy from pageable memory MAY stage the source at once, so
+// the caller may reuse or free src only after the copy ran (callers: the batch upload once a
+// step, checkpoints, the initial parameters)
 static inline void device_copy_to_device(void* dst, const void* src, size_t bytes) {
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, mosaic_stream));
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, mosaic_stream));
+    stream_wait(mosaic_stream, "the compute stream (a copy from the host)", __FILE__, __LINE__);
 }
 // blocking: waits for the work queued before it on mosaic_stream (a plain cudaMemcpy would run
 // on the legacy default stream, which does not wait for a non-blocking mosaic_stream)
 static inline void device_copy_to_host(void* dst, const void* src, size_t bytes) {
     if (!bytes) return;
+    // the queue first, with the deadline: a copy into pageable memory blocks the host until done
+    stream_wait(mosaic_stream, "the compute stream (before a copy to the host)", __FILE__, __LINE__);
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, mosaic_stream));
-    CUDA_CHECK(cudaStreamSynchronize(mosaic_stream));
+    stream_wait(mosaic_stream, "the compute stream (a copy to the host)", __FILE__, __LINE__);
 }
 static inline void device_copy(void* dst, const void* src, size_t bytes) {
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, mosaic_stream));
 }
 
 // Scratch for the partial sums of the two-pass reductions. It belongs to mosaic_stream (ops on
-// it run one after another); it grows only when a larger shape is first seen, i.e. in the first
-// step, and the old one is freed after the work queued on it.
+// it run one after another). tabpfn_build sizes it for the model's largest shapes and freezes it
+// (ops_workspace_freeze, below), so the trainer never allocates in its steps; without that (the
+// kernel tests) it grows when a larger shape is first seen, freeing the old one after its work.
 static void* ops_workspace = NULL;
 static size_t ops_workspace_bytes = 0;
+static int ops_workspace_frozen = 0; // set by ops_workspace_freeze: growing is then a bug
 static inline void* ops_workspace_reserve(size_t bytes) {
     if (bytes > ops_workspace_bytes) {
+        if (ops_workspace_frozen) {
+            fprintf(stderr, "mosaic: error: the ops workspace needs %zu bytes but was sized to %zu at build time "
+                    "(%s:%d): a shape above the model's capacity, or ops_workspace_bound misses an op\n",
+                    bytes, ops_workspace_bytes, __FILE__, __LINE__);
+            mosaic_exit(1);
+        }
         if (ops_workspace) {
             CUDA_CHECK(cudaStreamSynchronize(mosaic_stream));
             CUDA_CHECK(cudaFree(ops_workspace));
@@ -758,17 +776,91 @@ static inline void adamw_update(float* params, float* m, float* v, const float* 
 }
 
 // ----------------------------------------------------------------------------
-// backend
+// backend: the device, the two streams, and host waits that cannot hang
+//
+// The trainer runs on two non-blocking streams, as llm.c does: every leaf op on mosaic_stream
+// (compute), every transfer of the NCCL transport (comm/comm_nccl.h) on comm_stream, the two
+// joined by events, so that a ring's next block travels while the current one is computed.
+// Non-blocking streams do not synchronise with the legacy default stream, so every host wait
+// below names its stream. The device and the streams are chosen once, by backend_select_device
+// (the communicator calls it with the node-local rank); a process that never calls it (the
+// kernel tests) uses the current device and the default stream.
 
-// The GPU is used as the process finds it (choosing one per node-local rank is the trainer's
-// job); threads only size the host's OpenMP pool (the data prior still runs on the CPU).
+static cudaStream_t comm_stream = 0; // the communication stream (0 until a device is selected)
+static int backend_device = -1;      // the GPU this process runs on; -1: none selected yet
+
+// Host waits on the device poll instead of blocking, so that a peer that died inside a
+// collective cannot hold this rank forever. The NCCL transport installs the hooks when it
+// creates a communicator of more than one rank: poll() checks the communicators' asynchronous
+// errors (and ends the job on one); abort() aborts them before the job ends on a timeout.
+static void (*device_wait_poll_hook)(void) = NULL;
+static void (*device_wait_abort_hook)(void) = NULL;
+
+// seconds a host wait may take while peers take part (MOSAIC_DEVICE_TIMEOUT overrides 40): below
+// the 60 s in which a dead peer must end the job, far above one step of the GPU trainer
+static inline double device_wait_timeout(void) {
+    static double timeout = -1.0;
+    if (timeout < 0.0) {
+        const char* env = getenv("MOSAIC_DEVICE_TIMEOUT");
+        timeout = env && atof(env) > 0.0 ? atof(env) : 40.0;
+    }
+    return timeout;
+}
+
+// returns once every op queued on stream has finished. Without peers it only polls; with them
+// it checks the communicators on every poll and, past the deadline, aborts them and the job.
+static inline void stream_wait(cudaStream_t stream, const char* what, const char* file, int line) {
+    const double t0 = wall_seconds();
+    for (long polls = 0;; polls++) {
+        const cudaError_t status = cudaStreamQuery(stream);
+        if (status == cudaSuccess) return;
+        if (status != cudaErrorNotReady) {
+            fprintf(stderr, "mosaic: error: cudaStreamQuery(%s) failed at %s:%d: %s (a kernel fault or a failed "
+                    "transfer queued earlier on this stream)\n", what, file, line, cudaGetErrorString(status));
+            mosaic_exit(1);
+        }
+        if (!device_wait_poll_hook) continue;
+        device_wait_poll_hook();
+        const double waited = wall_seconds() - t0;
+        if (waited > device_wait_timeout()) {
+            char rank[32] = "";
+            if (mosaic_error_rank >= 0) snprintf(rank, sizeof(rank), "[rank %d] ", mosaic_error_rank);
+            fprintf(stderr, "mosaic: error: %sthe device has not finished the work on %s after %.0f s, waited for at "
+                    "%s:%d (a peer rank died or hangs in a collective; MOSAIC_DEVICE_TIMEOUT sets the limit): aborting\n",
+                    rank, what, waited, file, line);
+            if (device_wait_abort_hook) device_wait_abort_hook();
+            mosaic_exit(1);
+        }
+        if (polls > 1000) usleep(waited < 0.01 ? 20 : 500); // spin first: most waits are short
+    }
+}
+
+// picks this process's GPU (node_local_rank modulo the GPUs it sees) and makes the streams on it
+static inline void backend_select_device(int node_local_rank) {
+    if (backend_device >= 0) return;
+    int count = 0;
+    const cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess || count < 1) {
+        fprintf(stderr, "mosaic: error: no CUDA device found at %s:%d: %s (check nvidia-smi and CUDA_VISIBLE_DEVICES; "
+                "the CPU build is ./train_tabpfn)\n", __FILE__, __LINE__,
+                status != cudaSuccess ? cudaGetErrorString(status) : "0 devices");
+        mosaic_exit(1);
+    }
+    backend_device = node_local_rank % count;
+    CUDA_CHECK(cudaSetDevice(backend_device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&mosaic_stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
+}
+
+// threads size the host's OpenMP pool (the data prior still runs on the CPU); the cuBLAS handle
+// is made now, not inside the first timed step
 static inline void backend_init(int threads) {
 #ifdef _OPENMP
     if (threads > 0) omp_set_num_threads(threads);
 #else
     (void)threads;
 #endif
-    cublas_bound_handle(); // the handle now, not inside the first timed step
+    cublas_bound_handle();
 }
 
 // CPU threads used by host code: 1 without OpenMP
@@ -780,7 +872,25 @@ static inline int backend_threads(void) {
 #endif
 }
 
-// waits for every op queued on mosaic_stream (step timing, before reading results)
-static inline void device_synchronize(void) { CUDA_CHECK(cudaStreamSynchronize(mosaic_stream)); }
+// waits for every op queued on the compute stream (and the communication stream, which every
+// transfer joins back into it): step timing, before reading results
+static inline void device_synchronize(void) {
+    stream_wait(mosaic_stream, "the compute stream", __FILE__, __LINE__);
+    if (comm_stream) stream_wait(comm_stream, "the communication stream", __FILE__, __LINE__);
+}
+
+// Sizes the reduction scratch for the largest shapes a model will run (rows of the largest
+// (N, D) column sum and of the loss, D the widest bias or LayerNorm) and freezes it: a larger
+// request later is an error, so nothing is allocated once the steps run.
+static inline size_t ops_workspace_bound(long max_rows, int max_width) {
+    const size_t colsum = (size_t)COLSUM_MAX_CHUNKS * 2 * max_width * sizeof(float);
+    const size_t loss = (size_t)(max_rows > 0 ? max_rows : 1) * sizeof(float);
+    const size_t sumsq = (size_t)SUMSQ_MAX_BLOCKS * sizeof(double);
+    return colsum > loss ? (colsum > sumsq ? colsum : sumsq) : (loss > sumsq ? loss : sumsq);
+}
+static inline void ops_workspace_freeze(size_t bytes) {
+    ops_workspace_reserve(bytes);
+    ops_workspace_frozen = 1;
+}
 
 } // namespace gpu

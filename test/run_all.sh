@@ -29,6 +29,8 @@ for np in 2 3 4; do
     run "test_sharded (mpirun -np $np)" env OMP_NUM_THREADS=1 timeout 600 mpirun --oversubscribe -np "$np" ./build/test_sharded
 done
 run test_mpi_train bash test/test_mpi_train.sh
+# the GPU trainer run on the CPU (emulator + CUDA/cuBLAS/NCCL shims) against the CPU build
+run test_gpu_trainer bash test/test_gpu_trainer.sh
 # the CUDA kernel tests: emulated (plain, ASan+UBSan, TSan), nvcc + ptxas check, native where a GPU is
 source test/run_cuda_kernels.sh
 

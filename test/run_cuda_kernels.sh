@@ -41,6 +41,15 @@ cuda_kernels_main() {
         run "$t (emulated, TSan)" $serial TSAN_OPTIONS=halt_on_error=1:exitcode=66:atexit_sleep_ms=0 \
             timeout 900 "./build/tsan_$t"
     done
+    # the GPU shims' self-test (test/test_gpu_shims.cu): single-process in the three builds, then its
+    # NCCL part on two ranks (as root, mpirun needs the OMPI_ALLOW_RUN_AS_ROOT pair)
+    run "test_gpu_shims (emulated)" $serial timeout 300 ./build/emu_test_gpu_shims
+    run "test_gpu_shims (emulated, ASan+UBSan)" $serial ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        timeout 300 ./build/asan_test_gpu_shims
+    run "test_gpu_shims (emulated, TSan)" $serial TSAN_OPTIONS=halt_on_error=1:exitcode=66:atexit_sleep_ms=0 \
+        timeout 300 ./build/tsan_test_gpu_shims
+    run "test_gpu_shims (mpirun -np 2: NCCL on MPI)" $serial OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        timeout 300 mpirun --oversubscribe -np 2 ./build/emu_test_gpu_shims --nccl-only
 
     # nvcc: the ptxas table, no spills, no warnings
     run "check_ptxas self-test" python3 test/check_ptxas.py --self-test

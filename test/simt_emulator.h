@@ -16,9 +16,10 @@
 //     others wait at a barrier, __syncthreads reached by only some threads or at different lines,
 //     shuffle masks naming lanes that never arrive, bad block/grid shapes, too much dynamic shared
 //     memory, and pointer arguments that are not device memory (cudaMalloc'd);
-//   - a strict CUDA runtime shim for host code (cudaMalloc/cudaMemcpy/... defined against the real
-//     header's declarations): device memory is a registry of heap blocks, copies check their
-//     direction against it, fresh allocations are NaN-filled;
+//   - launches are queued on their stream (test/cuda_runtime_shim.h: the strict CUDA runtime for
+//     host code, with deferred streams and events and the device memory registry) with copies of
+//     the arguments, and run when a synchronisation needs them; the pointer arguments are checked
+//     against the registry when queued and again when run;
 //   - ThreadSanitizer: fibers are TSan fibers switched without implicit synchronisation; only
 //     __syncthreads/__syncwarp create happens-before (one sync key per barrier generation), so a
 //     missing barrier is reported as a data race even when the schedule happens to hide it;
@@ -37,6 +38,7 @@
 #error "the SIMT emulation needs clang++: g++ ignores the section attribute on statics in templates and inline functions, so template kernels' shared memory would silently not be poisoned"
 #endif
 #include <cuda_runtime.h>
+#include "cuda_runtime_shim.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +50,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 #include <map>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -102,7 +105,7 @@ extern "C" char __stop_simt_shared[] __attribute__((weak));
 enum SimtOrder { SIMT_FORWARD, SIMT_REVERSE, SIMT_RANDOM };
 
 // same as MOSAIC_MAX_SHARED_BYTES (model/cuda_common.cuh); opt-in limit of sm_80 (the smaller target)
-enum { SIMT_MAX_DEFAULT_SHARED = 48 * 1024, SIMT_MAX_OPTIN_SHARED = 163 * 1024 };
+enum { SIMT_MAX_DEFAULT_SHARED = SHIM_MAX_DEFAULT_SHARED, SIMT_MAX_OPTIN_SHARED = SHIM_MAX_OPTIN_SHARED };
 
 // ----------------------------------------------------------------------------------------------
 // state
@@ -178,10 +181,6 @@ struct SimtState {
     SimtFiber* current = nullptr;
     SimtFiber* starting = nullptr;
     SimtCtx sched;
-    // runtime shim
-    std::map<uintptr_t, size_t> allocations;
-    std::map<const void*, int> max_dynamic_shared; // cudaFuncSetAttribute opt-ins
-    cudaError_t last_error = cudaSuccess;
     // statistics
     uint64_t switches = 0, blocks_run = 0;
     int segv_handler = 0;
@@ -692,42 +691,20 @@ inline void simt_run(void) {
 }
 
 // ----------------------------------------------------------------------------------------------
-// device memory registry
+// device memory registry: test/cuda_runtime_shim.h; these names stay for the kernel tests
 
-// the allocation holding [p, p + bytes), or end()
-inline std::map<uintptr_t, size_t>::iterator simt_find_allocation(const void* p, size_t bytes) {
-    auto& A = simt_state.allocations;
-    uintptr_t a = (uintptr_t)p;
-    auto it = A.upper_bound(a);
-    if (it == A.begin()) return A.end();
-    --it;
-    uintptr_t lo = it->first, hi = it->first + it->second;
-    // a zero-byte range may sit at the end of an allocation (an empty tail of a buffer)
-    if (a >= lo && (bytes == 0 ? a <= hi : (a < hi && bytes <= hi - a))) return it;
-    return A.end();
-}
+inline bool simt_is_device(const void* p, size_t bytes) { return shim_is_device(p, bytes); }
 
-inline bool simt_is_device(const void* p, size_t bytes) {
-    return simt_find_allocation(p, bytes) != simt_state.allocations.end();
-}
-
-// for other shims (cuBLAS): abort unless [p, p + bytes) lies inside one cudaMalloc allocation
+// for test/cublas_shim.h: abort unless [p, p + bytes) lies inside one cudaMalloc allocation.
+// That shim computes its GEMM when called instead of queueing it on its stream, so this check
+// first runs all queued work (a device synchronisation) and the GEMM then reads what earlier
+// work wrote. A shim that queues its work calls shim_check_device_range (no synchronisation).
 inline void simt_check_device_range(const void* p, size_t bytes, const char* what) {
-    if (simt_is_device(p, bytes)) return;
-    auto& A = simt_state.allocations;
-    auto it = A.upper_bound((uintptr_t)p);
-    if (it != A.begin()) {
-        --it;
-        if ((uintptr_t)p >= it->first && (uintptr_t)p <= it->first + it->second)
-            simt_fail("%s: [%p, +%zu bytes) overruns its device allocation of %zu bytes at %p by %zu bytes", what, p, bytes,
-                      it->second, (void*)it->first, (size_t)((uintptr_t)p + bytes - (it->first + it->second)));
-    }
-    simt_fail("%s: %p is not device memory (not inside any cudaMalloc allocation): a host pointer passed as a device "
-              "pointer?",
-              what, p);
+    if (!shim_state.draining) (void)cudaDeviceSynchronize();
+    shim_check_device_range(p, bytes, what);
 }
 
-inline size_t simt_device_allocation_count(void) { return simt_state.allocations.size(); }
+inline size_t simt_device_allocation_count(void) { return shim_device_allocation_count(); }
 
 // ----------------------------------------------------------------------------------------------
 // launch
@@ -761,9 +738,36 @@ void simt_check_argument(const T& v, int index, const char* name, const char* fi
     (void)line;
 }
 
-inline int simt_stream_ok(cudaStream_t s) { return s == 0 || s == cudaStreamLegacy || s == cudaStreamPerThread; }
+// run one queued launch (the stream reached it): the same checks of the pointer arguments, now
+// against the registry at run time (a buffer freed since the launch was queued fails here)
+template <typename... KArgs>
+void simt_execute_launch(SimtPayload<KArgs...>* payload, const char* name, const char* file, int line, dim3 grid,
+                         dim3 block, size_t smem_bytes, SimtOrder order) {
+    SimtState& S = simt_state;
+    int index = 0;
+    std::apply([&](const auto&... a) { (simt_check_argument(a, index++, name, file, line), ...); }, payload->args);
+    SimtOrder saved_order = S.order; // the thread order in effect when the launch was queued
+    S.order = order;
+    S.kernel_name = name;
+    S.launch_file = file;
+    S.launch_line = line;
+    S.invoke = &simt_invoke_kernel<KArgs...>;
+    S.payload = payload;
+    S.nthreads = (int)(block.x * block.y * block.z);
+    S.smem_bytes = smem_bytes;
+    S.block_dim = block;
+    S.grid_dim = grid;
+    S.rng ^= S.seed + 0x9E3779B97F4A7C15ull * ++S.launch_count;
+    S.running = 1;
+    simt_run();
+    S.running = 0;
+    S.invoke = nullptr;
+    S.payload = nullptr;
+    S.order = saved_order;
+}
 
-// what MOSAIC_LAUNCH expands to: validate the launch, then run every block to completion
+// what MOSAIC_LAUNCH expands to: validate the launch now (shape, shared memory, stream, pointer
+// arguments), then queue it on its stream with copies of the arguments (parameters are by value)
 template <typename... KArgs, typename... Args>
 void simt_launch(const char* name, const char* file, int line, void (*kernel)(KArgs...), dim3 grid, dim3 block,
                  size_t smem_bytes, cudaStream_t stream, Args... args) {
@@ -783,35 +787,23 @@ void simt_launch(const char* name, const char* file, int line, void (*kernel)(KA
         simt_fail("kernel %s launched at %s:%d with grid (%u,%u,%u): each dimension must be at least 1 (skip the launch "
                   "for an empty problem) and y, z at most 65535",
                   name, file, line, grid.x, grid.y, grid.z);
-    size_t limit = SIMT_MAX_DEFAULT_SHARED;
-    auto opt = S.max_dynamic_shared.find((const void*)kernel);
-    if (opt != S.max_dynamic_shared.end() && (size_t)opt->second > limit) limit = (size_t)opt->second;
+    size_t limit = shim_max_dynamic_shared((const void*)kernel);
     if (smem_bytes > limit)
         simt_fail("kernel %s launched at %s:%d with %zu bytes of dynamic shared memory: above the limit of %zu "
                   "(MOSAIC_MAX_SHARED_BYTES without opt-in; cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) "
                   "raises it)",
                   name, file, line, smem_bytes, limit);
-    if (!simt_stream_ok(stream))
-        simt_fail("kernel %s launched at %s:%d on stream %p: only the default stream exists in this emulation", name,
-                  file, line, (void*)stream);
-    SimtPayload<KArgs...> payload{kernel, std::tuple<std::decay_t<KArgs>...>(args...)};
+    ShimStream* st = shim_stream(stream, "kernel launch");
+    if (!st)
+        simt_fail("kernel %s launched at %s:%d on stream %p: not a live stream of the current device (see the line above)",
+                  name, file, line, (void*)stream);
+    auto payload = std::make_shared<SimtPayload<KArgs...>>(SimtPayload<KArgs...>{kernel, std::tuple<std::decay_t<KArgs>...>(args...)});
     int index = 0;
-    std::apply([&](const auto&... a) { (simt_check_argument(a, index++, name, file, line), ...); }, payload.args);
-    S.kernel_name = name;
-    S.launch_file = file;
-    S.launch_line = line;
-    S.invoke = &simt_invoke_kernel<KArgs...>;
-    S.payload = &payload;
-    S.nthreads = (int)threads;
-    S.smem_bytes = smem_bytes;
-    S.block_dim = block;
-    S.grid_dim = grid;
-    S.rng ^= S.seed + 0x9E3779B97F4A7C15ull * ++S.launch_count;
-    S.running = 1;
-    simt_run();
-    S.running = 0;
-    S.invoke = nullptr;
-    S.payload = nullptr;
+    std::apply([&](const auto&... a) { (simt_check_argument(a, index++, name, file, line), ...); }, payload->args);
+    char what[512];
+    snprintf(what, sizeof(what), "kernel %s launched at %s:%d", name, file, line);
+    SimtOrder order = S.order;
+    shim_enqueue_run(st, what, [=] { simt_execute_launch(payload.get(), name, file, line, grid, block, smem_bytes, order); });
 }
 
 // MOSAIC_DYNAMIC_SHARED: this block's dynamic shared memory (heap, exactly the launch's bytes)
@@ -892,170 +884,3 @@ inline unsigned min(int a, unsigned b) { return min((unsigned)a, b); }
 inline unsigned min(unsigned a, int b) { return min(a, (unsigned)b); }
 inline unsigned max(int a, unsigned b) { return max((unsigned)a, b); }
 inline unsigned max(unsigned a, int b) { return max(a, (unsigned)b); }
-
-// ----------------------------------------------------------------------------------------------
-// CUDA runtime shim for host code: the real header's declarations, defined here (weak: several
-// translation units may include this header). Work runs at once, on the calling thread.
-
-inline cudaError_t simt_runtime_error(cudaError_t e, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-inline cudaError_t simt_runtime_error(cudaError_t e, const char* fmt, ...) {
-    char line[1024];
-    int n = snprintf(line, sizeof(line), "simt: ");
-    va_list args;
-    va_start(args, fmt);
-    n += vsnprintf(line + n, sizeof(line) - n, fmt, args);
-    va_end(args);
-    fflush(stdout);
-    fprintf(stderr, "%s\n", line);
-    fflush(stderr);
-    simt_state.last_error = e;
-    return e;
-}
-
-inline const char* simt_memcpy_kind_name(cudaMemcpyKind k) {
-    switch (k) {
-    case cudaMemcpyHostToHost: return "cudaMemcpyHostToHost";
-    case cudaMemcpyHostToDevice: return "cudaMemcpyHostToDevice";
-    case cudaMemcpyDeviceToHost: return "cudaMemcpyDeviceToHost";
-    case cudaMemcpyDeviceToDevice: return "cudaMemcpyDeviceToDevice";
-    case cudaMemcpyDefault: return "cudaMemcpyDefault";
-    }
-    return "an unknown cudaMemcpyKind";
-}
-
-// one side of a copy: must it be device memory (1), host memory (0), or either (-1)?
-inline cudaError_t simt_check_copy_side(const char* call, cudaMemcpyKind kind, const char* side, const void* p,
-                                        size_t count, int want_device) {
-    bool device = simt_is_device(p, count);
-    bool starts_in_device = simt_is_device(p, 1); // strictly inside (host memory may start where an allocation ends)
-    if (want_device == 1 && !device)
-        return simt_runtime_error(cudaErrorInvalidValue, "%s(%s): the %s [%p, +%zu bytes) is not inside one device "
-                                  "allocation (a host pointer, or a copy past the end of a cudaMalloc buffer)",
-                                  call, simt_memcpy_kind_name(kind), side, p, count);
-    if (want_device == 0 && starts_in_device)
-        return simt_runtime_error(cudaErrorInvalidValue, "%s(%s): the %s %p is device memory: wrong direction?", call,
-                                  simt_memcpy_kind_name(kind), side, p);
-    if (want_device == -1 && starts_in_device && !device)
-        return simt_runtime_error(cudaErrorInvalidValue, "%s(%s): the %s [%p, +%zu bytes) overruns its device allocation",
-                                  call, simt_memcpy_kind_name(kind), side, p, count);
-    return cudaSuccess;
-}
-
-inline cudaError_t simt_memcpy(const char* call, void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-    if (count == 0) return cudaSuccess;
-    int dst_device, src_device;
-    switch (kind) {
-    case cudaMemcpyHostToHost: dst_device = 0, src_device = 0; break;
-    case cudaMemcpyHostToDevice: dst_device = 1, src_device = 0; break;
-    case cudaMemcpyDeviceToHost: dst_device = 0, src_device = 1; break;
-    case cudaMemcpyDeviceToDevice: dst_device = 1, src_device = 1; break;
-    case cudaMemcpyDefault: dst_device = -1, src_device = -1; break;
-    default: return simt_runtime_error(cudaErrorInvalidMemcpyDirection, "%s: unknown cudaMemcpyKind %d", call, (int)kind);
-    }
-    if (dst == nullptr || src == nullptr)
-        return simt_runtime_error(cudaErrorInvalidValue, "%s(%s): NULL %s", call, simt_memcpy_kind_name(kind),
-                                  dst == nullptr ? "destination" : "source");
-    cudaError_t e = simt_check_copy_side(call, kind, "destination", dst, count, dst_device);
-    if (e == cudaSuccess) e = simt_check_copy_side(call, kind, "source", src, count, src_device);
-    if (e != cudaSuccess) return e;
-    memmove(dst, src, count);
-    return cudaSuccess;
-}
-
-inline cudaError_t simt_memset(const char* call, void* p, int value, size_t count) {
-    if (count == 0) return cudaSuccess;
-    if (!simt_is_device(p, count))
-        return simt_runtime_error(cudaErrorInvalidValue, "%s: [%p, +%zu bytes) is not inside one device allocation",
-                                  call, p, count);
-    memset(p, value, count);
-    return cudaSuccess;
-}
-
-inline cudaError_t simt_check_stream(const char* call, cudaStream_t s) {
-    if (simt_stream_ok(s)) return cudaSuccess;
-    return simt_runtime_error(cudaErrorInvalidResourceHandle, "%s: stream %p does not exist (only the default stream is emulated)",
-                              call, (void*)s);
-}
-
-__attribute__((weak)) cudaError_t cudaMalloc(void** p, size_t size) {
-    if (p == nullptr) return simt_runtime_error(cudaErrorInvalidValue, "cudaMalloc: NULL result pointer");
-    *p = nullptr;
-    if (size == 0) return cudaSuccess;
-    void* m = malloc(size);
-    if (m == nullptr) return simt_runtime_error(cudaErrorMemoryAllocation, "cudaMalloc of %zu bytes: out of memory", size);
-    memset(m, 0xFF, size); // uninitialised device memory reads as NaN
-    simt_state.allocations[(uintptr_t)m] = size;
-    *p = m;
-    return cudaSuccess;
-}
-
-__attribute__((weak)) cudaError_t cudaFree(void* p) {
-    if (p == nullptr) return cudaSuccess;
-    auto it = simt_state.allocations.find((uintptr_t)p);
-    if (it == simt_state.allocations.end())
-        return simt_runtime_error(cudaErrorInvalidValue, "cudaFree(%p): not the start of a live cudaMalloc allocation "
-                                  "(a host pointer, an offset pointer, or freed twice)", p);
-    simt_state.allocations.erase(it);
-    free(p);
-    return cudaSuccess;
-}
-
-__attribute__((weak)) cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
-    return simt_memcpy("cudaMemcpy", dst, src, count, kind);
-}
-
-__attribute__((weak)) cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
-                                                  cudaStream_t stream) {
-    cudaError_t e = simt_check_stream("cudaMemcpyAsync", stream);
-    return e != cudaSuccess ? e : simt_memcpy("cudaMemcpyAsync", dst, src, count, kind);
-}
-
-__attribute__((weak)) cudaError_t cudaMemset(void* p, int value, size_t count) { return simt_memset("cudaMemset", p, value, count); }
-
-__attribute__((weak)) cudaError_t cudaMemsetAsync(void* p, int value, size_t count, cudaStream_t stream) {
-    cudaError_t e = simt_check_stream("cudaMemsetAsync", stream);
-    return e != cudaSuccess ? e : simt_memset("cudaMemsetAsync", p, value, count);
-}
-
-__attribute__((weak)) cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-    return simt_check_stream("cudaStreamSynchronize", stream);
-}
-
-__attribute__((weak)) cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-
-__attribute__((weak)) cudaError_t cudaGetLastError(void) {
-    cudaError_t e = simt_state.last_error;
-    simt_state.last_error = cudaSuccess;
-    return e;
-}
-
-__attribute__((weak)) cudaError_t cudaPeekAtLastError(void) { return simt_state.last_error; }
-
-__attribute__((weak)) const char* cudaGetErrorString(cudaError_t e) {
-    switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorInvalidDeviceFunction: return "invalid device function";
-    default: return "unrecognized error code (SIMT emulation)";
-    }
-}
-
-__attribute__((weak)) cudaError_t cudaGetDeviceCount(int* count) {
-    if (count == nullptr) return simt_runtime_error(cudaErrorInvalidValue, "cudaGetDeviceCount: NULL result pointer");
-    *count = 1;
-    return cudaSuccess;
-}
-
-__attribute__((weak)) cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
-    if (func == nullptr) return simt_runtime_error(cudaErrorInvalidDeviceFunction, "cudaFuncSetAttribute: NULL function");
-    if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-        if (value < 0 || value > SIMT_MAX_OPTIN_SHARED)
-            return simt_runtime_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: %d bytes of dynamic shared memory is "
-                                      "above sm_80's opt-in limit of %d", value, (int)SIMT_MAX_OPTIN_SHARED);
-        simt_state.max_dynamic_shared[func] = value;
-    }
-    return cudaSuccess;
-}

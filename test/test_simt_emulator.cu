@@ -219,6 +219,7 @@ static void expect_death(const char* what, void (*fn)(void), const char* want) {
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) dup2(devnull, 1);
         fn();
+        (void)cudaDeviceSynchronize(); // launches are queued: run them
         exit(0);
     }
     close(fds[1]);
@@ -470,7 +471,7 @@ static void test_runtime_shim(void) {
     CUDA_CHECK(cudaMemcpy(back, d_a, sizeof(host), cudaMemcpyDeviceToHost));
     check_true("cudaMemsetAsync zeroes device memory", back[0] == 0.0f && back[7] == 0.0f);
     // misuse returns an error (and says why on stderr); cudaGetLastError reports it once
-    fprintf(stderr, "    (the next three 'simt:' lines are expected)\n");
+    fprintf(stderr, "    (the next three 'cuda shim:' lines are expected)\n");
     check_true("cudaFree of a host pointer fails", cudaFree(host) == cudaErrorInvalidValue);
     check_true("cudaGetLastError returns the error, then resets",
                cudaPeekAtLastError() == cudaErrorInvalidValue && cudaGetLastError() == cudaErrorInvalidValue &&
@@ -494,6 +495,7 @@ static void test_performance(void) {
     uint64_t switches0 = simt_state.switches;
     auto t0 = std::chrono::steady_clock::now();
     MOSAIC_LAUNCH(many_barriers_kernel, 64, 128, 0, mosaic_stream, d_out, 10);
+    CUDA_CHECK(cudaDeviceSynchronize()); // the launch is queued until a synchronisation runs it
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     uint64_t switches = simt_state.switches - switches0;
     std::vector<float> got = test_device_download(d_out, 64 * 128);
