@@ -31,6 +31,7 @@ done
 run test_mpi_train bash test/test_mpi_train.sh
 # the GPU trainer run on the CPU (emulator + CUDA/cuBLAS/NCCL shims) against the CPU build
 run test_gpu_trainer bash test/test_gpu_trainer.sh
+run test_gpu_planted_bugs bash test/test_gpu_planted_bugs.sh
 # the CUDA kernel tests: emulated (plain, ASan+UBSan, TSan), nvcc + ptxas check, native where a GPU is
 source test/run_cuda_kernels.sh
 
