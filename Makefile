@@ -118,7 +118,7 @@ NVCC_TRAIN_FLAGS := -std=c++17 -O3 -DMOSAIC_CUDA $(foreach a,$(ARCH),-gencode ar
 EMU_TRAIN_FLAGS := -std=c++17 -O2 -g -DMOSAIC_CUDA -DMOSAIC_SIMT_EMULATION -I$(CUDA_INC) -Wall -Wno-unused-function $(EMU_SAN)
 
 all: $(if $(NVCC),train_tabpfn_cuda)
-test: train_tabpfn_emulated
+test: train_tabpfn_emulated $(if $(NVCC),train_tabpfn_cuda)
 .PHONY: gpu_trainers
 gpu_trainers: train_tabpfn_emulated $(if $(NVCC),train_tabpfn_cuda)
 
