@@ -328,6 +328,9 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
     }
 }
 
+// the CPU kernels keep no scratch between calls; the CUDA twin sizes its row-dot buffer here, once
+static inline void flash_attention_reserve_scratch(long max_queries) { (void)max_queries; }
+
 // Merge a partial result (out_b, lse_b) over a disjoint key set into (out, lse), in place:
 // L = max(La, Lb) + log1p(exp(-|La - Lb|)); O = exp(La - L) Oa + exp(Lb - L) Ob.
 // An empty key set (lse = -inf) leaves the other side unchanged.

@@ -600,6 +600,10 @@ static float* fa_dsum_buffer(long n) {
     return fa_dsum_scratch;
 }
 
+// the twin of flash_attention_cpu.h's: the D buffer for up to max_queries (sequence, head, query)
+// rows, allocated once at build time
+static inline void flash_attention_reserve_scratch(long max_queries) { fa_dsum_buffer(max_queries); }
+
 static void fa_backward_rowdot(float* dsum, const float* dout, const float* out, AxisLayout out_layout, long n_rows,
                                int heads, int q_len, int head_dim) {
     MOSAIC_LAUNCH(fa_backward_rowdot_kernel, fa_grid((n_rows + FAG_WARPS - 1) / FAG_WARPS), FAG_THREADS, 0,

@@ -30,6 +30,10 @@ static inline void backend_init(int threads) {
 }
 static inline int backend_threads(void) { return omp_get_max_threads(); }
 
+// the CPU ops keep no scratch of their own; the CUDA twin sizes (and freezes) its reduction
+// workspace here, once, at build time
+static inline void ops_reserve_scratch(long max_rows, int max_width) { (void)max_rows; (void)max_width; }
+
 // ----------------------------------------------------------------------------
 // GEMM through cblas, overloaded so templates pick the right precision
 

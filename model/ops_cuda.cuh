@@ -893,4 +893,10 @@ static inline void ops_workspace_freeze(size_t bytes) {
     ops_workspace_frozen = 1;
 }
 
+// the twin of ops_cpu.h's: the workspace at its largest for rows of up to max_rows and bias
+// widths of up to max_width, then frozen, so that no op allocates once steps run
+static inline void ops_reserve_scratch(long max_rows, int max_width) {
+    ops_workspace_freeze(ops_workspace_bound(max_rows, max_width));
+}
+
 } // namespace gpu

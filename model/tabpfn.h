@@ -410,17 +410,15 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
             cursor += dacts_layout[i].floats;
         }
     }
-#ifdef MOSAIC_CUDA
-    // the CUDA ops' own scratch at its largest now, so that nothing is allocated once steps run:
-    // the reduction partials (the widest bias: 3E, H or K; the loss of at most B*R test rows),
-    // frozen so that a larger request fails; flash attention's row dots, one per (sequence,
-    // head, query), whose queries lie in the q/k/v activations (N cells x h heads) or in the row
-    // strategies' scratch (d floats each)
+    // the leaf ops' own scratch at its largest now, so that nothing is allocated once steps run
+    // (the CPU ops have none): the reduction partials (the widest bias: 3E, H or K; the loss of at
+    // most B*R test rows), and flash attention's row dots, one per (sequence, head, query), whose
+    // queries lie in the q/k/v activations (N cells x h heads) or in the row strategies' scratch
+    // (d floats each)
     const int widest = 3 * E > H ? (3 * E > K ? 3 * E : K) : (H > K ? H : K);
-    ops_workspace_freeze(ops_workspace_bound(BR, widest));
+    ops_reserve_scratch(BR, widest);
     const long scratch_queries = (long)(total_floats / (size_t)(E / h));
-    fa_dsum_buffer(N * h > scratch_queries ? N * h : scratch_queries);
-#endif
+    flash_attention_reserve_scratch(N * h > scratch_queries ? N * h : scratch_queries);
 }
 
 static void tabpfn_free(TabPFN* model) {
