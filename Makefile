@@ -4,6 +4,8 @@
 #   make test_cuda_kernels   only the CUDA kernel tests: emulated on the CPU (plain, ASan+UBSan, TSan),
 #                            nvcc for sm_80/sm_90 with the ptxas check, native runs where a GPU exists
 #   make bench               benchmarks, JSON lines on stdout
+# build on every core: the test recipe itself starts only once everything it needs is built
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
 CXX ?= g++
 PYTHON ?= /usr/bin/python3
 # -march=native only where the compiler accepts it
