@@ -10,6 +10,11 @@
 #include "test_util.h"
 #include <vector>
 #include <string>
+#ifdef MOSAIC_SIMT_EMULATION
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
 
 // device buffers for tests: allocated, filled and read back through the CUDA runtime
 static float* test_device_upload(const float* host, long n) {
@@ -72,3 +77,52 @@ static int test_cuda_device_present(void) {
     return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 #endif
 }
+
+#ifdef MOSAIC_SIMT_EMULATION
+// Death test, for the emulator and the shims: runs fn in a child process (then synchronises the
+// device, since launches and copies are queued) and passes if the child dies (a signal or a non-
+// zero exit) with want in its stderr. A child that survives leaves by exit(), so that TSan's
+// exit-time verdict (exit code 66 after a reported race) counts; call it before MPI_Init.
+static void expect_death(const char* what, void (*fn)(void), const char* want) {
+    fflush(stdout);
+    fflush(stderr);
+    int fds[2];
+    if (pipe(fds) != 0) {
+        check_true("pipe for a death test", 0);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 2);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) dup2(devnull, 1);
+        fn();
+        (void)cudaDeviceSynchronize(); // queued work runs (and fails) here
+        exit(0);
+    }
+    close(fds[1]);
+    std::string text;
+    char buf[4096];
+    ssize_t got;
+    while ((got = read(fds[0], buf, sizeof(buf))) > 0) text.append(buf, (size_t)got);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    const int died = WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0);
+    const size_t at = text.find(want);
+    char line[512];
+    snprintf(line, sizeof(line), "death test: %s (%s, message has \"%s\")", what,
+             WIFSIGNALED(status) ? "killed by a signal" : (died ? "non-zero exit" : "exited 0"), want);
+    check_true(line, died && at != std::string::npos);
+    // the line that says it, so the log documents what a user would see
+    if (at != std::string::npos) {
+        size_t begin = text.rfind('\n', at);
+        begin = begin == std::string::npos ? 0 : begin + 1;
+        const size_t end = text.find('\n', at);
+        printf("      %s\n", text.substr(begin, end == std::string::npos ? std::string::npos : end - begin).c_str());
+    } else {
+        printf("      child output: %.600s\n", text.c_str());
+    }
+}
+#endif

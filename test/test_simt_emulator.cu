@@ -203,50 +203,6 @@ __global__ void static_overrun_kernel(float* out, int n) {
 // ----------------------------------------------------------------------------------------------
 // helpers
 
-// run fn in a child process; pass if it dies (signal or non-zero exit) and its stderr contains want
-static void expect_death(const char* what, void (*fn)(void), const char* want) {
-    fflush(stdout);
-    fflush(stderr);
-    int fds[2];
-    if (pipe(fds) != 0) {
-        check_true("pipe for a death test", 0);
-        return;
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) dup2(devnull, 1);
-        fn();
-        (void)cudaDeviceSynchronize(); // launches are queued: run them
-        exit(0);
-    }
-    close(fds[1]);
-    std::string text;
-    char buf[4096];
-    ssize_t got;
-    while ((got = read(fds[0], buf, sizeof(buf))) > 0) text.append(buf, (size_t)got);
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    int died = WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0);
-    int said = text.find(want) != std::string::npos;
-    char line[512];
-    snprintf(line, sizeof(line), "death test: %s (%s, message has \"%s\")", what,
-             WIFSIGNALED(status) ? "killed by a signal" : (died ? "non-zero exit" : "exited 0"), want);
-    check_true(line, died && said);
-    // show the emulator's own line, so the log documents what a user would see
-    size_t at = text.find("simt: error");
-    if (at == std::string::npos) at = text.find("simt: ");
-    if (at == std::string::npos) at = text.find(want);
-    if (at != std::string::npos) {
-        size_t end = text.find('\n', at);
-        printf("      %s\n", text.substr(at, end == std::string::npos ? std::string::npos : end - at).c_str());
-    } else if (!said) {
-        printf("      child output: %.600s\n", text.c_str());
-    }
-}
 
 static std::vector<float> host_range(long n, float scale) {
     std::vector<float> v((size_t)n);
