@@ -21,7 +21,7 @@
 #include <sys/resource.h>
 #include "model/common.h"
 #include "model/tabpfn.h"
-#include "model/tensor_file.h"
+#include "model/model_file.h"
 #include "comm/comm.h"
 #include "dataloader/table_batch.h"
 #include "dataloader/prior.h"
@@ -257,86 +257,6 @@ static void parse_args(TrainArgs* a, int argc, char** argv) {
     if (a->opt.warmup_steps > a->steps && a->steps > 0) a->opt.warmup_steps = a->steps;
     a->opt.total_steps = a->steps;
     tabpfn_validate_config(a->model);
-}
-
-// ----------------------------------------------------------------------------
-// checkpoints: 256 x int32 header, then parameters, AdamW m, AdamW v (float32)
-
-enum { CHECKPOINT_MAGIC = 0x4D53434B, CHECKPOINT_VERSION = 1 };
-
-static void checkpoint_save(const char* path, TabPFN* model, int next_step, uint64_t seed) {
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE* f = fopenCheck(tmp, "wb");
-    int header[256] = {0};
-    TabPFNConfig c = model->config;
-    header[0] = CHECKPOINT_MAGIC;
-    header[1] = CHECKPOINT_VERSION;
-    header[2] = c.E; header[3] = c.heads; header[4] = c.H; header[5] = c.L; header[6] = c.outputs;
-    header[7] = next_step;
-    header[8] = (int)model->num_parameters;
-    header[9] = (int)(seed & 0x7fffffff);
-    fwrite_check(header, sizeof(int), 256, f, tmp);
-    size_t P = model->num_parameters;
-    float* host = (float*)mallocCheck(P * sizeof(float));
-    float* blocks[3] = {model->params_memory, model->m_memory, model->v_memory};
-    for (int i = 0; i < 3; i++) {
-        device_copy_to_host(host, blocks[i], P * sizeof(float));
-        fwrite_check(host, sizeof(float), P, f, tmp);
-    }
-    free(host);
-    if (fclose(f) != 0) mosaic_fail("cannot write '%s': %s", tmp, strerror(errno));
-    // rename is atomic: a crash mid-write never leaves a half checkpoint under the real name
-    if (rename(tmp, path) != 0) mosaic_fail("cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
-}
-
-// returns the step to continue from
-static int checkpoint_load(const char* path, TabPFN* model) {
-    FILE* f = fopenCheck(path, "rb");
-    int header[256];
-    fread_check(header, sizeof(int), 256, f, path);
-    if (header[0] != CHECKPOINT_MAGIC) mosaic_fail("'%s' is not a Mosaic checkpoint (bad magic)", path);
-    if (header[1] != CHECKPOINT_VERSION) mosaic_fail("'%s' has checkpoint version %d, expected %d", path, header[1], CHECKPOINT_VERSION);
-    TabPFNConfig c = model->config;
-    if (header[2] != c.E || header[3] != c.heads || header[4] != c.H || header[5] != c.L || header[6] != c.outputs)
-        mosaic_fail("'%s' holds a model with embed %d heads %d hidden %d layers %d outputs %d; the flags ask for %d %d %d %d %d",
-                    path, header[2], header[3], header[4], header[5], header[6], c.E, c.heads, c.H, c.L, c.outputs);
-    if (header[8] != (int)model->num_parameters) mosaic_fail("'%s' holds %d parameters, expected %zu", path, header[8], model->num_parameters);
-    size_t P = model->num_parameters;
-    float* host = (float*)mallocCheck(P * sizeof(float));
-    float* blocks[3] = {model->params_memory, model->m_memory, model->v_memory};
-    for (int i = 0; i < 3; i++) {
-        fread_check(host, sizeof(float), P, f, path);
-        for (size_t j = 0; j < P; j++)
-            if (!isfinite(host[j])) mosaic_fail("'%s' holds a non-finite value (corrupt checkpoint?)", path);
-        device_copy_to_device(blocks[i], host, P * sizeof(float));
-    }
-    free(host);
-    fclose(f);
-    return header[7];
-}
-
-// the parameters by PyTorch name, in PyTorch shapes, for scripts/ to load
-static void export_parameters(const char* path, TabPFN* model) {
-    ParameterInfo info[NUM_PARAMETER_TENSORS];
-    parameter_infos(info, model->config);
-    float* host = (float*)mallocCheck(model->num_parameters * sizeof(float));
-    device_copy_to_host(host, model->params_memory, model->num_parameters * sizeof(float));
-    TensorFileWriter w;
-    tensor_file_writer_open(&w, path);
-    const float* t = host;
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        int layers = info[i].per_layer ? model->config.L : 1;
-        for (int l = 0; l < layers; l++) {
-            char name[128];
-            parameter_name(name, sizeof(name), &info[i], l);
-            int dims[2] = {info[i].rows, info[i].cols};
-            tensor_file_writer_add(&w, name, t, info[i].cols ? 2 : 1, dims);
-            t += parameter_layer_numel(&info[i]);
-        }
-    }
-    tensor_file_writer_close(&w);
-    free(host);
 }
 
 // samples datasets from the built-in prior into a prior dump (for tests and for sharing a

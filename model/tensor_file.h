@@ -1,6 +1,6 @@
 // Named-tensor files: debug states from the PyTorch reference and parameter exports.
 // Format (little-endian): a header of 256 int32: [0] magic 0x4D535446, [1] version 1,
-// [2] number of tensors, rest 0. Then per tensor: int32 name_len, name bytes (no NUL),
+// [2] number of tensors, [3] attention heads of an exported model (0: not recorded), rest 0. Then per tensor: int32 name_len, name bytes (no NUL),
 // int32 ndim, int32 dims[ndim], float32 data[prod(dims)] in C order.
 #pragma once
 #include "common.h"
@@ -17,6 +17,7 @@ typedef struct {
 
 typedef struct {
     int count;
+    int heads; // header word 3: an exported model's attention heads (0: not recorded)
     NamedTensor* tensors;
 } TensorFile;
 
@@ -28,6 +29,7 @@ static void tensor_file_read(TensorFile* out, const char* path) {
     if (header[1] != TENSOR_FILE_VERSION) mosaic_fail("'%s' has tensor file version %d, expected %d", path, header[1], TENSOR_FILE_VERSION);
     if (header[2] < 0 || header[2] > 1000000) mosaic_fail("'%s' claims %d tensors", path, header[2]);
     out->count = header[2];
+    out->heads = header[3];
     out->tensors = (NamedTensor*)callocCheck((size_t)out->count * sizeof(NamedTensor));
     for (int i = 0; i < out->count; i++) {
         NamedTensor* t = &out->tensors[i];
@@ -76,12 +78,14 @@ typedef struct {
     FILE* f;
     const char* path;
     int count;
+    int heads; // written to header word 3 at close (0: not recorded)
 } TensorFileWriter;
 
 static void tensor_file_writer_open(TensorFileWriter* w, const char* path) {
     w->f = fopenCheck(path, "wb");
     w->path = path;
     w->count = 0;
+    w->heads = 0;
     int header[256] = {0};
     fwrite_check(header, sizeof(int), 256, w->f, path);
 }
@@ -103,6 +107,7 @@ static void tensor_file_writer_close(TensorFileWriter* w) {
     header[0] = TENSOR_FILE_MAGIC;
     header[1] = TENSOR_FILE_VERSION;
     header[2] = w->count;
+    header[3] = w->heads;
     fseek(w->f, 0, SEEK_SET);
     fwrite_check(header, sizeof(int), 256, w->f, w->path);
     if (fclose(w->f) != 0) mosaic_fail("cannot write '%s': %s", w->path, strerror(errno));

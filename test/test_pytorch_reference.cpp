@@ -6,7 +6,7 @@
 // gradients |err| <= 1e-5 * max|ref of that tensor| + 1e-4 |ref|; step losses |err| <= 1e-5.
 #include "test_util.h"
 #include "../model/tabpfn.h"
-#include "../model/tensor_file.h"
+#include "../model/model_file.h"
 
 int main(int argc, char** argv) {
     if (argc != 2) {
@@ -30,20 +30,7 @@ int main(int argc, char** argv) {
     ParallelConfig par = parallel_config_single(&comm);
     tabpfn_build(&model, config, cap, 1, &par);
 
-    // parameters by PyTorch name into the flat layout (model memory is device memory)
-    ParameterInfo info[NUM_PARAMETER_TENSORS];
-    parameter_infos(info, config);
-    float* p = model.params_memory;
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++)
-        for (int l = 0; l < (info[i].per_layer ? config.L : 1); l++) {
-            char name[128];
-            parameter_name(name, sizeof(name), &info[i], l);
-            size_t n = parameter_layer_numel(&info[i]);
-            device_copy_to_device(p, tensor_file_get(&state, name, (long)n)->data, n * sizeof(float));
-            p += n;
-        }
-    check_true("every parameter tensor was found, sizes match", p == model.params_memory + model.num_parameters);
-
+    import_parameters(&model, &state); // parameters by PyTorch name into the flat layout
     tabpfn_upload_batch(&model, tensor_file_get(&state, "x", (long)B * R * F)->data,
                         tensor_file_get(&state, "y", (long)B * R)->data, B, R, F, S);
     tabpfn_zero_grad(&model);
@@ -57,6 +44,8 @@ int main(int argc, char** argv) {
     allclose_report("loss", &model.mean_loss, tensor_file_get(&state, "loss", 1)->data, 1, 1e-5, 1e-5);
 
     tabpfn_backward(&model);
+    ParameterInfo info[NUM_PARAMETER_TENSORS];
+    parameter_infos(info, config);
     float* grads = (float*)mallocCheck(model.num_parameters * sizeof(float));
     device_copy_to_host(grads, model.grads_memory, model.num_parameters * sizeof(float));
     const float* g = grads;
