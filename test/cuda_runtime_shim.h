@@ -130,35 +130,37 @@ inline ShimState& shim_state = *new ShimState();
 // ----------------------------------------------------------------------------------------------
 // messages
 
-// misuse that cannot be returned as an error: one line, then abort()
-__attribute__((noreturn, format(printf, 1, 2))) inline void shim_fail(const char* fmt, ...) {
+// one line "<prefix><message><suffix>" to stderr in one write (ranks' lines never interleave),
+// after whatever stdout holds; the shims' and the emulator's error paths all print through it
+inline void shim_print_line(const char* prefix, const char* suffix, const char* fmt, va_list args) {
     char line[2048];
-    int n = snprintf(line, sizeof(line), "cuda shim: error: ");
-    va_list args;
-    va_start(args, fmt);
-    n += vsnprintf(line + n, sizeof(line) - n, fmt, args);
-    va_end(args);
+    int n = snprintf(line, sizeof(line), "%s", prefix);
+    if (n < (int)sizeof(line)) n += vsnprintf(line + n, sizeof(line) - n, fmt, args);
+    if (suffix && n < (int)sizeof(line)) n += snprintf(line + n, sizeof(line) - n, "%s", suffix);
     if (n > (int)sizeof(line) - 2) n = (int)sizeof(line) - 2;
     line[n++] = '\n';
     line[n] = '\0';
     fflush(stdout);
     fputs(line, stderr);
     fflush(stderr);
+}
+
+// misuse that cannot be returned as an error: one line, then abort()
+__attribute__((noreturn, format(printf, 1, 2))) inline void shim_fail(const char* fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    shim_print_line("cuda shim: error: ", NULL, fmt, args);
+    va_end(args);
     abort();
 }
 
 // misuse CUDA reports as an error code: say why on stderr, remember it for cudaGetLastError
 inline cudaError_t shim_error(cudaError_t e, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 inline cudaError_t shim_error(cudaError_t e, const char* fmt, ...) {
-    char line[1024];
-    int n = snprintf(line, sizeof(line), "cuda shim: ");
     va_list args;
     va_start(args, fmt);
-    vsnprintf(line + n, sizeof(line) - n, fmt, args);
+    shim_print_line("cuda shim: ", NULL, fmt, args);
     va_end(args);
-    fflush(stdout);
-    fprintf(stderr, "%s\n", line);
-    fflush(stderr);
     shim_state.last_error = e;
     return e;
 }

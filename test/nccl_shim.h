@@ -102,15 +102,10 @@ struct ShimNcclMember {
 
 inline ncclResult_t shim_nccl_error(ncclResult_t r, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 inline ncclResult_t shim_nccl_error(ncclResult_t r, const char* fmt, ...) {
-    char line[1024];
-    int n = snprintf(line, sizeof(line), "nccl shim: error: ");
     va_list args;
     va_start(args, fmt);
-    vsnprintf(line + n, sizeof(line) - n, fmt, args);
+    shim_print_line("nccl shim: error: ", NULL, fmt, args);
     va_end(args);
-    fflush(stdout);
-    fprintf(stderr, "%s\n", line);
-    fflush(stderr);
     return r;
 }
 

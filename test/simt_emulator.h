@@ -214,27 +214,20 @@ constexpr int warpSize = 32;
 // errors: one line naming the kernel, its launch site and the thread, then abort()
 
 SIMT_NO_TSAN __attribute__((noreturn, format(printf, 1, 2))) inline void simt_fail(const char* fmt, ...) {
-    char line[2048];
-    int n = snprintf(line, sizeof(line), "simt: error: ");
+    char where[512] = "";
+    SimtState& S = simt_state;
+    if (S.running) {
+        int n = snprintf(where, sizeof(where), " [kernel %s launched at %s:%d, block (%u,%u,%u)", S.kernel_name,
+                         S.launch_file, S.launch_line, S.block_idx.x, S.block_idx.y, S.block_idx.z);
+        if (S.current && n < (int)sizeof(where))
+            n += snprintf(where + n, sizeof(where) - n, ", thread (%u,%u,%u)", S.current->tid.x, S.current->tid.y,
+                          S.current->tid.z);
+        if (n < (int)sizeof(where)) snprintf(where + n, sizeof(where) - n, "]");
+    }
     va_list args;
     va_start(args, fmt);
-    n += vsnprintf(line + n, sizeof(line) - n, fmt, args);
+    shim_print_line("simt: error: ", where, fmt, args);
     va_end(args);
-    SimtState& S = simt_state;
-    if (S.running && n < (int)sizeof(line)) {
-        n += snprintf(line + n, sizeof(line) - n, " [kernel %s launched at %s:%d, block (%u,%u,%u)", S.kernel_name,
-                      S.launch_file, S.launch_line, S.block_idx.x, S.block_idx.y, S.block_idx.z);
-        if (S.current && n < (int)sizeof(line))
-            n += snprintf(line + n, sizeof(line) - n, ", thread (%u,%u,%u)", S.current->tid.x, S.current->tid.y,
-                          S.current->tid.z);
-        if (n < (int)sizeof(line)) n += snprintf(line + n, sizeof(line) - n, "]");
-    }
-    if (n > (int)sizeof(line) - 2) n = (int)sizeof(line) - 2;
-    line[n++] = '\n';
-    line[n] = '\0';
-    fflush(stdout);
-    fputs(line, stderr);
-    fflush(stderr);
     abort();
 }
 
