@@ -19,8 +19,8 @@
 #      backward, clip, AdamW) through the inline script below.
 # Without a GPU it prints one line saying so and exits 1. Exits non-zero if any check fails.
 #   bash scripts/gpu_check.sh      (from anywhere; ARCH=90 to build for one architecture only)
-set -u
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/../test/test_lib.sh"
+BAD_TAIL=15
 
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); fi
@@ -30,16 +30,6 @@ if [ "${gpus:-0}" -eq 0 ]; then
 fi
 nvidia-smi -L
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-PY=/usr/bin/python3
-MPIRUN="mpirun --oversubscribe"
-TMP=$(mktemp -d /tmp/mosaic_gpu_check.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok    $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL  $1"; [ -n "${2:-}" ] && tail -n 15 "$2" 2>/dev/null | sed 's/^/      /'; }
-t_start=$SECONDS
 
 # ---------------------------------------------------------------------------------------------
 # 1. builds
@@ -52,7 +42,7 @@ if make --no-print-directory train_tabpfn train_tabpfn_cuda $nvcc_bins >"$TMP/ma
     ok "built train_tabpfn, train_tabpfn_cuda and$nvcc_bins"
 else
     bad "make train_tabpfn train_tabpfn_cuda$nvcc_bins" "$TMP/make.out"
-    echo "$passed passed, $failed failed ($((SECONDS - t_start)) s)"
+    finish
     exit 1
 fi
 CPU=./train_tabpfn
@@ -217,5 +207,4 @@ if [ -x "$PY" ] && "$PY" -c 'import torch' >/dev/null 2>&1; then
     "$PY" scripts/bench_pytorch.py --batch 32 --rows 150 --threads "$(nproc)" 2>&1 | tail -n 1
 fi
 
-echo "$passed passed, $failed failed ($((SECONDS - t_start)) s)"
-[ "$failed" -eq 0 ]
+finish

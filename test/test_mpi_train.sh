@@ -4,16 +4,9 @@
 # or is killed mid-step ends the whole job non-zero within 60 s; impossible layouts are
 # refused at start-up with one line from rank 0.
 # usage: bash test/test_mpi_train.sh   (from the repository root, after make train_tabpfn)
-set -u
-cd "$(dirname "$0")/.."
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-MPIRUN="mpirun --oversubscribe"
-TMP=$(mktemp -d /tmp/mosaic_mpi_train.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok    $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL  $1"; sed 's/^/      /' "$2" 2>/dev/null | tail -8; }
+source "$(dirname "$0")/test_lib.sh"
+export OMP_NUM_THREADS=1
+BAD_TAIL=8
 
 SMALL="--steps 6 --batch 4 --embed 16 --heads 2 --hidden 32 --layers 2 --warmup-steps 2 --seed 3 --threads 1 --eval-csv data/breast_cancer.csv"
 ./train_tabpfn $SMALL --log "$TMP/one.log" >"$TMP/one.out" 2>&1 || bad "single-process reference run" "$TMP/one.out"
@@ -62,17 +55,7 @@ run_layout 2 --sp 2 --row-attn allgather
 run_layout 2 --dp 2 --sp 1
 
 # a rank that dies mid-step takes the job down, non-zero, within 60 s
-for how in exit error kill; do
-    start=$SECONDS
-    timeout 60 $MPIRUN -np 3 ./train_tabpfn $SMALL --steps 1000 --sp 3 --row-attn ring --debug-fail-rank 1 \
-        --debug-fail-step 3 --debug-fail-how "$how" >"$TMP/fail.out" 2>&1
-    code=$?
-    if [ "$code" -ne 0 ] && [ "$code" -ne 124 ] && grep -q "rank 1" "$TMP/fail.out"; then
-        ok "rank 1 dies mid-step ($how): job exits $code after $((SECONDS - start)) s with a message"
-    else
-        bad "rank 1 dies mid-step ($how): exit $code after $((SECONDS - start)) s" "$TMP/fail.out"
-    fi
-done
+midstep_death_checks ./train_tabpfn $SMALL
 
 # impossible layouts: refused at start-up, one line from rank 0
 refuse() { # refuse NAME PATTERN NP FLAGS...
@@ -95,5 +78,4 @@ refuse "hierarchical off the node size" "multiple of the 3 ranks per node" 4 --s
 refuse "unknown strategy" "unknown strategy 'spiral'" 2 --row-attn spiral
 refuse "ranks with different flags" "different flags" 1 --seed 1 : -np 1 ./train_tabpfn $SMALL --seed 2
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
