@@ -21,20 +21,10 @@
 # The eval of the mpirun runs uses the first 200 rows of the bundled table: emulated attention
 # costs grow with the rows squared (the whole table takes ~14 s of one core per run).
 # usage: bash test/test_gpu_trainer.sh   (from the repository root; builds what it needs)
-set -u
-cd "$(dirname "$0")/.."
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+source "$(dirname "$0")/test_lib.sh"
+export OMP_NUM_THREADS=1
 # the shim's GPUs on this host: one per rank, as NCCL requires (ranks pick node-local rank % GPUs)
 export MOSAIC_SHIM_DEVICES=4
-MPIRUN="mpirun --oversubscribe"
-PY=/usr/bin/python3
-TMP=$(mktemp -d /tmp/mosaic_gpu_trainer.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok    $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL  $1"; sed 's/^/      /' "$2" 2>/dev/null | tail -12; }
-t_start=$SECONDS
 
 make --no-print-directory -s train_tabpfn train_tabpfn_emulated >"$TMP/make.out" 2>&1 || { cat "$TMP/make.out"; exit 1; }
 CPU=./train_tabpfn
@@ -167,17 +157,7 @@ run_layout 4 --sp 4 --row-attn hierarchical --ranks-per-node 2
 run_layout 4 --dp 2 --sp 2 --row-attn ring --no-overlap
 
 # a rank that dies mid-step (exits, is killed, or fails with an error) takes the job down at once
-for how in exit kill error; do
-    start=$SECONDS
-    timeout 60 $MPIRUN -np 3 $EMU $SMALL --eval-csv none --steps 1000 --sp 3 --row-attn ring --debug-fail-rank 1 \
-        --debug-fail-step 2 --debug-fail-how "$how" >"$TMP/fail.out" 2>&1
-    code=$?
-    if [ "$code" -ne 0 ] && [ "$code" -ne 124 ] && grep -q "rank 1" "$TMP/fail.out"; then
-        ok "rank 1 dies mid-step ($how): job exits $code after $((SECONDS - start)) s"
-    else
-        bad "rank 1 dies mid-step ($how): exit $code after $((SECONDS - start)) s" "$TMP/fail.out"
-    fi
-done
+midstep_death_checks $EMU $SMALL --eval-csv none
 
 # a rank that hangs mid-step (alive, never answering) ends the job through the other's device-wait
 # deadline: its backward waits on the device for the ring's transfers (MOSAIC_DEVICE_TIMEOUT, 5 s
@@ -192,5 +172,4 @@ else
     bad "rank 1 hangs mid-step: exit $code after $((SECONDS - start)) s" "$TMP/hang.out"
 fi
 
-echo "$passed passed, $failed failed ($((SECONDS - t_start)) s)"
-[ "$failed" -eq 0 ]
+finish
