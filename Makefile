@@ -159,3 +159,33 @@ build/tsan_test_gpu_shims: $(SHIM_TEST_SOURCES)
 	@mkdir -p build
 	$(NEED_CUDA_INC)
 	$(CLANGXX) $(EMU_FLAGS) $(TSAN_SAN) $(MPI_CFLAGS) -x c++ $< -o $@ $(MPI_LIBS)
+
+# ----------------------------------------------------------------------------------------------
+# Hardening (issue 8): libFuzzer targets and the AddressSanitizer + UBSan build of the CPU tests.
+#   make fuzz        build/fuzz_<target>: clang++ -fsanitize=fuzzer,address,undefined, -DMOSAIC_FUZZ
+#                    (mosaic_fail longjmps back to the harness); test/run_fuzzers.sh runs each for
+#                    FUZZ_SECONDS (30) on test/fuzz_corpus/<target>/
+#   make asan_cpu    build/asan_cpu/: the CPU test binaries and the trainer under g++
+#                    -fsanitize=address,undefined (float-cast-overflow too), no recovery, -O1
+FUZZ_TARGETS := $(sort $(basename $(notdir $(wildcard test/fuzz_*.cpp))))
+FUZZ_BINS := $(addprefix build/,$(FUZZ_TARGETS))
+FUZZ_FLAGS := -std=c++17 -O1 -g -DMOSAIC_FUZZ -Wall -Wno-unused-function -fsanitize=fuzzer,address,undefined \
+              -fno-sanitize-recover=all
+.PHONY: fuzz asan_cpu
+fuzz: $(FUZZ_BINS)
+build/fuzz_%: test/fuzz_%.cpp $(HEADERS)
+	@mkdir -p build
+	$(CLANGXX) $(FUZZ_FLAGS) $(MPI_CFLAGS) $< -o $@ $(BLAS_LIBS) $(MPI_LIBS)
+
+ASAN_CPU_FLAGS := -std=c++17 -O1 -g -fno-omit-frame-pointer -fopenmp -Wall -Wno-unused-function $(MPI_CFLAGS) \
+                  -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
+ASAN_CPU_BINS := $(addprefix build/asan_cpu/,test_ops_gradcheck test_model_gradcheck test_dataloader \
+                 test_pytorch_reference test_sharded train_tabpfn)
+asan_cpu: $(ASAN_CPU_BINS)
+build/asan_cpu/train_tabpfn: train_tabpfn.cu $(HEADERS)
+	@mkdir -p build/asan_cpu
+	$(CXX) $(ASAN_CPU_FLAGS) -x c++ $< -o $@ $(LDLIBS)
+build/asan_cpu/%: test/%.cpp $(HEADERS)
+	@mkdir -p build/asan_cpu
+	$(CXX) $(ASAN_CPU_FLAGS) $< -o $@ $(LDLIBS)
+test: fuzz asan_cpu

@@ -8,8 +8,9 @@
 //                  tanh, relu, sin, abs, identity, sigmoid)
 // The target is read from a random non-root node, the F features from F other random nodes.
 // Features are standardised over the dataset's rows (mean 0, std 1; a constant feature
-// becomes 0). The target node is cut into num_classes classes by thresholds at random
-// quantiles of its values, and the class ids are randomly permuted.
+// becomes 0). The target node is cut into K classes by thresholds at random quantiles of its
+// values, and the class ids are randomly permuted; K is drawn per dataset, uniformly in
+// [2, num_classes] (the trainer's --classes).
 //
 // A batch shares R rows, F features and S train rows (sampled once per batch); its B
 // datasets each come from their own SCM. Batch i draws all its randomness from
@@ -26,7 +27,7 @@
 typedef struct {
     int min_rows, max_rows;         // R per batch, uniform in [min_rows, max_rows]
     int min_features, max_features; // F per batch, uniform in [min_features, max_features]
-    int num_classes;                // labels are 0 .. num_classes-1
+    int num_classes;                // most classes: each table draws K uniformly in [2, num_classes], labels 0 .. K-1
     float min_train_fraction, max_train_fraction; // S = round(fraction * R), clamped to [2, R-1]
 } PriorConfig;
 
@@ -345,7 +346,10 @@ static void prior_sample_batch_at(TableBatch* out, Prior* prior, int B, int64_t 
         rng_seed(&drng, prior_hash(batch_seed, (uint64_t)b + 1));
         float* x = out->x + (size_t)b * R * F;
         float* y = out->y + (size_t)b * R;
-        prior_sample_dataset(x, y, &drng, &prior->scratch[thread], R, F, S, c->num_classes, prior->max_width);
+        // multiclass: each table its own class count, uniform in 2..num_classes (no draw for 2,
+        // so binary priors keep their bits)
+        const int K = c->num_classes > 2 ? rng_int(&drng, 2, c->num_classes) : 2;
+        prior_sample_dataset(x, y, &drng, &prior->scratch[thread], R, F, S, K, prior->max_width);
         int first = (int)y[0], two = 0;
         for (int r = 1; r < S; r++) two |= (int)y[r] != first;
         one_class += !two;

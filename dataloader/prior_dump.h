@@ -37,7 +37,7 @@ typedef struct {
     int32_t* single_eval_pos; // (N)
     int64_t next_dataset;     // first dataset of the next batch
     int64_t x_offset, y_offset; // byte offsets of X and y
-    float* buffer;            // (max_rows, max_features) one dataset's X block
+    float* buffer;            // (rows_needed, max_features) the used rows of one dataset's X block
 } PriorDump;
 
 static inline int64_t prior_dump_expected_bytes(int64_t N, int64_t max_rows, int64_t max_features) {
@@ -111,7 +111,8 @@ static void prior_dump_open(PriorDump* dump, const char* path) {
     }
     dump->x_offset = (int64_t)PRIOR_DUMP_HEADER_INTS * 4 + 12 * (int64_t)N;
     dump->y_offset = dump->x_offset + 4 * (int64_t)N * max_rows * max_features;
-    dump->buffer = (float*)mallocCheck((size_t)max_rows * max_features * sizeof(float));
+    // sized by the tables' actual largest row count, not the header's max_rows (which may be far larger)
+    dump->buffer = (float*)mallocCheck((size_t)dump->rows_needed * max_features * sizeof(float));
     dump->next_dataset = 0;
 }
 

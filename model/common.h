@@ -27,7 +27,17 @@ static mosaic_abort_fn mosaic_abort_hook = NULL;
 static int mosaic_error_rank = -1; // under mpirun errors name the rank that raised them
 static int mosaic_error_quiet = 0; // set while every rank checks the same flags: rank 0 speaks for all
 
+#ifdef MOSAIC_FUZZ
+// fuzz builds only (test/fuzz_*.cpp): a failure jumps back into the harness, which set this
+// with setjmp, instead of ending the process
+#include <setjmp.h>
+static jmp_buf mosaic_fuzz_jump;
+#endif
+
 static inline void mosaic_exit(int code) {
+#ifdef MOSAIC_FUZZ
+    longjmp(mosaic_fuzz_jump, 1);
+#endif
     fflush(stdout);
     fflush(stderr);
     if (mosaic_abort_hook) mosaic_abort_hook(code);
@@ -141,9 +151,13 @@ static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 // exp(x) for float in plain arithmetic, so loops that call it vectorise (libm's expf is one
 // call per element): exp(x) = 2^k exp(r), r = x - k ln2 split in two parts (Cody-Waite),
 // exp(r) by a degree-6 polynomial (Cephes' coefficients), about 1 ulp; below -87 it is 0.
+// NaN in gives NaN out: it fails both clamp comparisons, so it is replaced by 0 for the
+// arithmetic (NaN converted to int is undefined behaviour) and handed back at the end.
 static inline float fast_expf(float v) {
+    const float in = v;
     const int underflow = v < -87.0f;
     v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
+    v = v == v ? v : 0.0f;
     const float k = rintf(v * 1.44269504088896341f);
     const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
     float poly = 1.9875691500e-4f;
@@ -155,5 +169,5 @@ static inline float fast_expf(float v) {
     const float er = poly * r * r + r + 1.0f;
     union { int i; float f; } two_k;
     two_k.i = ((int)k + 127) << 23;
-    return underflow ? 0.0f : er * two_k.f;
+    return underflow ? 0.0f : (in == in ? er * two_k.f : in);
 }

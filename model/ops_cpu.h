@@ -227,40 +227,60 @@ static void add_inplace(T* acc, const T* x, long n) {
 // then Linear(1 -> E) per cell. Statistics are split into a local sum (this rank's train
 // rows) and the normalisation, so that a row-sharded run can all-reduce the sums between.
 
-// stats (B, F, 3) = [count, sum, sum of squares] over the train rows held here, in double
-// so that sum-of-squares variance keeps its precision
+// Two passes in double, so that a feature with a large mean and a tiny spread keeps its
+// variance (one pass of sum and sum of squares cancels catastrophically: mean 3e4, std 1e-3
+// lost the column). Under row sharding the group all-reduces between the passes:
+//   feature_stats_local -> allreduce [count, sum] -> feature_deviations_local -> allreduce m2
+//   -> feature_normalize.
+
+// stats (B, F, 2) = [count, sum] over the train rows held here
 template <typename T>
 static void feature_stats_local(double* stats, const T* x, int B, int R, int F, int S) {
     // x (B, R, F); rows [0, S) of each dataset are train rows
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int f = 0; f < F; f++) {
-            double sum = 0.0, sumsq = 0.0;
-            for (int r = 0; r < S; r++) {
-                double v = x[((long)b * R + r) * F + f];
-                sum += v;
-                sumsq += v * v;
-            }
-            double* st = stats + ((long)b * F + f) * 3;
+            double sum = 0.0;
+            for (int r = 0; r < S; r++) sum += (double)x[((long)b * R + r) * F + f];
+            double* st = stats + ((long)b * F + f) * 2;
             st[0] = S;
             st[1] = sum;
-            st[2] = sumsq;
         }
     }
 }
 
-// xnorm (B, R, F) = clip((x - mean) / (std + 1e-20), -100, 100), std unbiased
+// m2 (B, F) = sum over the train rows held here of (x - mean)^2, mean = sum / count of the
+// group's stats (B, F, 2); a rank without train rows contributes 0
 template <typename T>
-static void feature_normalize(T* xnorm, const T* x, const double* stats, int B, int R, int F) {
+static void feature_deviations_local(double* m2, const T* x, const double* stats, int B, int R, int F, int S) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int f = 0; f < F; f++) {
+            const double* st = stats + ((long)b * F + f) * 2;
+            const double mean = st[1] / st[0];
+            double acc = 0.0;
+            for (int r = 0; r < S; r++) {
+                const double d = (double)x[((long)b * R + r) * F + f] - mean;
+                acc += d * d;
+            }
+            m2[(long)b * F + f] = acc;
+        }
+    }
+}
+
+// xnorm (B, R, F) = clip((x - mean) / (std + 1e-20), -100, 100), std unbiased;
+// stats (B, F, 2) and m2 (B, F) summed over the group
+template <typename T>
+static void feature_normalize(T* xnorm, const T* x, const double* stats, const double* m2, int B, int R, int F) {
 #pragma omp parallel for schedule(static)
     for (long br = 0; br < (long)B * R; br++) {
         int b = (int)(br / R);
         for (int f = 0; f < F; f++) {
-            const double* st = stats + ((long)b * F + f) * 3;
+            const double* st = stats + ((long)b * F + f) * 2;
             double n = st[0];
             double mean = st[1] / n;
-            // n == 1 gives 0/0 = NaN, as torch.std does for a single train row
-            double var = (st[2] - n * mean * mean) / (n - 1.0);
+            // n == 1 gives 0/0 = NaN, as torch.std does for a single train row (then sd 0)
+            double var = m2[(long)b * F + f] / (n - 1.0);
             double sd = sqrt(var > 0.0 ? var : 0.0);
             double z = ((double)x[br * F + f] - mean) / (sd + 1e-20);
             z = z < -100.0 ? -100.0 : (z > 100.0 ? 100.0 : z);
@@ -413,5 +433,30 @@ static void adamw_update(T* params, T* m, T* v, const T* grads, size_t n, float 
         v[i] = beta2 * v[i] + (1 - beta2) * g * g;
         T denom = sqrt(v[i]) * inv_sqrt_bc2 + eps;
         params[i] = params[i] * decay - step_size * m[i] / denom;
+    }
+}
+
+// Schedule-free AdamW, one step t of Algorithm 1 of Defazio et al. 2024 ("The Road Less
+// Scheduled"); the gradient was taken at y = (1 - beta1) z + beta1 x:
+//   v = beta2 v + (1 - beta2) g^2
+//   z = z - lr_t (g / (sqrt(v) + eps) + weight_decay y)   (decay at y, as the paper)
+//   x = (1 - c) x + c z                                     (c = c_{t+1}: the averaging weight)
+//   y = (1 - beta1) z + beta1 x                             (where the next gradient is taken)
+// lr_t already holds warmup and the bias correction sqrt(1 - beta2^t) (the host computes it
+// and c, tabpfn_update); grad_scale folds gradient clipping in.
+template <typename T>
+static void schedulefree_update(T* y, T* z, T* x, T* v, const T* grads, size_t n, float lr_t, float c, float beta1,
+                                float beta2, float eps, float weight_decay, float grad_scale) {
+    const T decay = (T)((double)lr_t * weight_decay);
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const T g = grads[i] * grad_scale;
+        const T vi = beta2 * v[i] + (1 - beta2) * g * g;
+        const T zi = z[i] - lr_t * g / (sqrt(vi) + eps) - decay * y[i];
+        const T xi = (1 - c) * x[i] + c * zi;
+        v[i] = vi;
+        z[i] = zi;
+        x[i] = xi;
+        y[i] = (1 - beta1) * zi + beta1 * xi;
     }
 }

@@ -461,54 +461,64 @@ static inline void add_inplace(float* acc, const float* x, long n) {
 
 enum { STATS_FEATURES = 32, STATS_ROW_GROUPS = 8, STATS_BLOCK = 256 };
 
+// Two passes in double, as the CPU twin (see feature_stats_local in ops_cpu.h): [count, sum],
+// then, after the group's all-reduce, the squared deviations from the group's mean.
 // block (32 features, dataset b), 8 warps: lane = feature, warp w sums rows w, w + 8, ... in
-// double; the 8 partial sums are added in warp order
+// double; the 8 partial sums are added in warp order. second_pass: stats (B, F, 2) in, m2 (B, F) out.
+template <int second_pass>
 static __global__ void __launch_bounds__(STATS_BLOCK)
-feature_stats_kernel(double* stats, const float* x, int R, int F, int S) {
-    __shared__ double sum_s[STATS_ROW_GROUPS][STATS_FEATURES], sumsq_s[STATS_ROW_GROUPS][STATS_FEATURES];
+feature_stats_kernel(double* out, const float* x, const double* stats, int R, int F, int S) {
+    __shared__ double sum_s[STATS_ROW_GROUPS][STATS_FEATURES];
     const int tiles = (F + STATS_FEATURES - 1) / STATS_FEATURES;
     const int b = blockIdx.x / tiles, lane = threadIdx.x % STATS_FEATURES, group = threadIdx.x / STATS_FEATURES;
     const int f = (blockIdx.x % tiles) * STATS_FEATURES + lane;
-    double sum = 0.0, sumsq = 0.0;
+    double sum = 0.0;
     if (f < F) {
+        const double mean = second_pass ? stats[((long)b * F + f) * 2 + 1] / stats[((long)b * F + f) * 2] : 0.0;
         for (int r = group; r < S; r += STATS_ROW_GROUPS) {
-            const double v = x[((long)b * R + r) * F + f];
-            sum += v;
-            sumsq += v * v;
+            const double v = (double)x[((long)b * R + r) * F + f];
+            if (second_pass) sum += (v - mean) * (v - mean);
+            else sum += v;
         }
     }
     sum_s[group][lane] = sum;
-    sumsq_s[group][lane] = sumsq;
     __syncthreads();
     if (group == 0 && f < F) {
-        double total = 0.0, total_sq = 0.0;
-        for (int g = 0; g < STATS_ROW_GROUPS; g++) {
-            total += sum_s[g][lane];
-            total_sq += sumsq_s[g][lane];
+        double total = 0.0;
+        for (int g = 0; g < STATS_ROW_GROUPS; g++) total += sum_s[g][lane];
+        if (second_pass) {
+            out[(long)b * F + f] = total;
+        } else {
+            out[((long)b * F + f) * 2] = S;
+            out[((long)b * F + f) * 2 + 1] = total;
         }
-        double* st = stats + ((long)b * F + f) * 3;
-        st[0] = S;
-        st[1] = total;
-        st[2] = total_sq;
     }
 }
 
 static inline void feature_stats_local(double* stats, const float* x, int B, int R, int F, int S) {
-    // stats (B, F, 3) = [count, sum, sum of squares] over rows [0, S); x (B, R, F)
+    // stats (B, F, 2) = [count, sum] over rows [0, S); x (B, R, F)
     if (B == 0 || F == 0) return;
-    MOSAIC_LAUNCH(feature_stats_kernel, B * ceil_div(F, STATS_FEATURES), STATS_BLOCK, 0, mosaic_stream, stats, x, R, F, S);
+    MOSAIC_LAUNCH(feature_stats_kernel<0>, B * ceil_div(F, STATS_FEATURES), STATS_BLOCK, 0, mosaic_stream, stats, x,
+                  (const double*)NULL, R, F, S);
+}
+
+static inline void feature_deviations_local(double* m2, const float* x, const double* stats, int B, int R, int F, int S) {
+    // m2 (B, F) = sum over rows [0, S) of (x - mean)^2, mean from the group's stats (B, F, 2); x (B, R, F)
+    if (B == 0 || F == 0) return;
+    MOSAIC_LAUNCH(feature_stats_kernel<1>, B * ceil_div(F, STATS_FEATURES), STATS_BLOCK, 0, mosaic_stream, m2, x, stats, R,
+                  F, S);
 }
 
 static __global__ void __launch_bounds__(ELEMENTWISE_BLOCK)
-feature_normalize_kernel(float* xnorm, const float* x, const double* stats, int B, int R, int F) {
-    // in double, as the CPU twin: the statistics are double and the variance is a difference
+feature_normalize_kernel(float* xnorm, const float* x, const double* stats, const double* m2, int B, int R, int F) {
+    // in double, as the CPU twin
     GRID_STRIDE_LOOP(i, (long)B * R * F) {
         const int f = (int)(i % F), b = (int)(i / ((long)R * F));
-        const double* st = stats + ((long)b * F + f) * 3;
+        const double* st = stats + ((long)b * F + f) * 2;
         const double n = st[0];
         const double mean = st[1] / n;
-        // n == 1 gives 0/0 = NaN, as torch.std does for a single train row
-        const double var = (st[2] - n * mean * mean) / (n - 1.0);
+        // n == 1 gives 0/0 = NaN, as torch.std does for a single train row (then sd 0)
+        const double var = m2[(long)b * F + f] / (n - 1.0);
         const double sd = sqrt(var > 0.0 ? var : 0.0);
         double z = ((double)x[i] - mean) / (sd + 1e-20);
         z = z < -100.0 ? -100.0 : (z > 100.0 ? 100.0 : z);
@@ -516,12 +526,12 @@ feature_normalize_kernel(float* xnorm, const float* x, const double* stats, int 
     }
 }
 
-static inline void feature_normalize(float* xnorm, const float* x, const double* stats, int B, int R, int F) {
-    // xnorm, x (B, R, F); stats (B, F, 3)
+static inline void feature_normalize(float* xnorm, const float* x, const double* stats, const double* m2, int B, int R, int F) {
+    // xnorm, x (B, R, F); stats (B, F, 2), m2 (B, F)
     const long n = (long)B * R * F;
     if (n > 0)
-        MOSAIC_LAUNCH(feature_normalize_kernel, elementwise_grid(n), ELEMENTWISE_BLOCK, 0, mosaic_stream, xnorm, x, stats, B, R,
-                      F);
+        MOSAIC_LAUNCH(feature_normalize_kernel, elementwise_grid(n), ELEMENTWISE_BLOCK, 0, mosaic_stream, xnorm, x, stats, m2, B,
+                      R, F);
 }
 
 // a block per dataset: thread i sums rows i, i + 256, ... in double, then the block's fixed tree
@@ -773,6 +783,31 @@ static inline void adamw_update(float* params, float* m, float* v, const float* 
     const float decay = (float)(1.0 - (double)lr * weight_decay);
     MOSAIC_LAUNCH(adamw_kernel, elementwise_grid((long)n), ELEMENTWISE_BLOCK, 0, mosaic_stream, params, m, v, grads, n, beta1,
                   beta2, eps, grad_scale, step_size, inv_sqrt_bc2, decay);
+}
+
+static __global__ void __launch_bounds__(ELEMENTWISE_BLOCK)
+schedulefree_kernel(float* y, float* z, float* x, float* v, const float* grads, size_t n, float lr_t, float c, float beta1,
+                    float beta2, float eps, float decay, float grad_scale) {
+    GRID_STRIDE_LOOP(i, (long)n) {
+        const float g = grads[i] * grad_scale;
+        const float vi = beta2 * v[i] + (1 - beta2) * g * g;
+        const float zi = z[i] - lr_t * g / (sqrtf(vi) + eps) - decay * y[i];
+        const float xi = (1 - c) * x[i] + c * zi;
+        v[i] = vi;
+        z[i] = zi;
+        x[i] = xi;
+        y[i] = (1 - beta1) * zi + beta1 * xi;
+    }
+}
+
+// Schedule-free AdamW (Defazio et al. 2024, Algorithm 1), one step: see the CPU twin; lr_t and c
+// come from the host (tabpfn_update), the decay scalar is computed exactly as there
+static inline void schedulefree_update(float* y, float* z, float* x, float* v, const float* grads, size_t n, float lr_t,
+                                       float c, float beta1, float beta2, float eps, float weight_decay, float grad_scale) {
+    if (n == 0) return;
+    const float decay = (float)((double)lr_t * weight_decay);
+    MOSAIC_LAUNCH(schedulefree_kernel, elementwise_grid((long)n), ELEMENTWISE_BLOCK, 0, mosaic_stream, y, z, x, v, grads, n,
+                  lr_t, c, beta1, beta2, eps, decay, grad_scale);
 }
 
 // ----------------------------------------------------------------------------

@@ -243,8 +243,15 @@ typedef struct {
     float* params_memory;
     ParameterTensors grads;
     float* grads_memory;
-    float* m_memory; // AdamW first moment
-    float* v_memory; // AdamW second moment
+    // optimizer state (training only): one allocation of 3 parameter-sized blocks, in the
+    // parameters' layout; AdamW uses m and v, schedule-free z, v and x (params_memory is its y)
+    float* opt_memory;
+    float* m_memory;   // AdamW: first moment
+    float* z_memory;   // schedule-free: z, the base sequence (the same block as m: one optimizer runs)
+    float* v_memory;   // second moment (both)
+    float* avg_memory; // schedule-free: x, the averaged weights that evaluation, export and predict use
+    int optimizer;     // OptimizerKind of that state (tabpfn_optimizer_init, checkpoint_load)
+    double lr_sq_sum;  // schedule-free: sum of lr_t^2 over the steps taken (the average's weights)
     double* grad_sumsq; // (1) the gradients' sum of squares, on the device
 
     ActivationCapacity cap;
@@ -256,7 +263,7 @@ typedef struct {
     // the current batch, on the device
     float* x;        // (B, R, F)
     float* y;        // (B, R)
-    double* stats;   // (B, F, 3) feature stats then (B, 2) label stats
+    double* stats;   // (B, F, 2) feature [count, sum], (B, 2) label stats, (B, F) feature squared deviations
     int B, R, F, S;       // held on this rank
     int S_global, T_global; // train and test rows of the whole tables
     double num_test_rows; // over every rank: the loss's denominator
@@ -324,14 +331,16 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
 
     // activation arena: (pointer, floats) in struct order
     ActivationTensors* a = &model->acts;
+    // inference (train = 0) reads no layer's activations back: the layers share one set (tabpfn_forward)
+    const long LA = train ? L : 1;
     struct { float** ptr; long floats; } acts_layout[] = {
         {&a->xnorm, cap.max_inputs}, {&a->ynorm, BR}, {&a->encoded, N * E},
-        {&a->fa_qkv, L * N * 3 * E}, {&a->fa_o, L * N * E}, {&a->fa_lse, L * N * h}, {&a->fa_res, L * N * E},
-        {&a->ln1, L * N * E}, {&a->ln1_mean, L * N}, {&a->ln1_rstd, L * N},
-        {&a->ra_qkv, L * N * 3 * E}, {&a->ra_o, L * N * E}, {&a->ra_lse, L * N * h}, {&a->ra_res, L * N * E},
-        {&a->ln2, L * N * E}, {&a->ln2_mean, L * N}, {&a->ln2_rstd, L * N},
-        {&a->fc1, L * N * H}, {&a->fc1_gelu, L * N * H}, {&a->mlp_res, L * N * E},
-        {&a->ln3, L * N * E}, {&a->ln3_mean, L * N}, {&a->ln3_rstd, L * N},
+        {&a->fa_qkv, LA * N * 3 * E}, {&a->fa_o, LA * N * E}, {&a->fa_lse, LA * N * h}, {&a->fa_res, LA * N * E},
+        {&a->ln1, LA * N * E}, {&a->ln1_mean, LA * N}, {&a->ln1_rstd, LA * N},
+        {&a->ra_qkv, LA * N * 3 * E}, {&a->ra_o, LA * N * E}, {&a->ra_lse, LA * N * h}, {&a->ra_res, LA * N * E},
+        {&a->ln2, LA * N * E}, {&a->ln2_mean, LA * N}, {&a->ln2_rstd, LA * N},
+        {&a->fc1, LA * N * H}, {&a->fc1_gelu, LA * N * H}, {&a->mlp_res, LA * N * E},
+        {&a->ln3, LA * N * E}, {&a->ln3_mean, LA * N}, {&a->ln3_rstd, LA * N},
         {&a->dec_in, BR * E}, {&a->dec_h, BR * H}, {&a->dec_gelu, BR * H},
         {&a->logits, BR * K}, {&a->probs, BR * K}, {&a->loss_sum, 1},
     };
@@ -387,11 +396,12 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
 
     if (train) {
         model->grads_memory = (float*)device_malloc(model->num_parameters * sizeof(float));
-        model->m_memory = (float*)device_malloc(model->num_parameters * sizeof(float));
-        model->v_memory = (float*)device_malloc(model->num_parameters * sizeof(float));
+        model->opt_memory = (float*)device_malloc(3 * model->num_parameters * sizeof(float));
+        model->m_memory = model->z_memory = model->opt_memory;
+        model->v_memory = model->opt_memory + model->num_parameters;
+        model->avg_memory = model->opt_memory + 2 * model->num_parameters;
         device_memset_zero(model->grads_memory, model->num_parameters * sizeof(float));
-        device_memset_zero(model->m_memory, model->num_parameters * sizeof(float));
-        device_memset_zero(model->v_memory, model->num_parameters * sizeof(float));
+        device_memset_zero(model->opt_memory, 3 * model->num_parameters * sizeof(float));
         point_parameters(&model->grads, model->grads_memory, model->param_sizes);
         model->grad_sumsq = (double*)device_malloc(sizeof(double));
 
@@ -424,8 +434,7 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
 static void tabpfn_free(TabPFN* model) {
     device_free(model->params_memory);
     device_free(model->grads_memory);
-    device_free(model->m_memory);
-    device_free(model->v_memory);
+    device_free(model->opt_memory);
     device_free(model->grad_sumsq);
     device_free(model->acts_memory);
     device_free(model->dacts_memory);
@@ -471,19 +480,23 @@ static void tabpfn_forward(TabPFN* model) {
     const ActivationTensors a = model->acts;
 
     // encoders: train statistics are summed over the sequence group before use
-    double* feature_stats = model->stats;                 // (B, F, 3)
-    double* label_stats = model->stats + (long)B * F * 3; // (B, 2)
+    // two passes (see feature_stats_local): [count, sum] and label sums, then squared deviations
+    double* feature_stats = model->stats;                        // (B, F, 2)
+    double* label_stats = model->stats + (long)B * F * 2;        // (B, 2)
+    double* feature_m2 = model->stats + (long)B * F * 2 + B * 2; // (B, F)
     feature_stats_local(feature_stats, model->x, B, R, F, S);
     label_stats_local(label_stats, model->y, B, R, S);
-    comm_allreduce_sum_double(model->seq_comm, model->stats, (size_t)B * (F * 3 + 2));
-    feature_normalize(a.xnorm, model->x, feature_stats, B, R, F);
+    comm_allreduce_sum_double(model->seq_comm, model->stats, (size_t)B * (F * 2 + 2));
+    feature_deviations_local(feature_m2, model->x, feature_stats, B, R, F, S);
+    comm_allreduce_sum_double(model->seq_comm, feature_m2, (size_t)B * F);
+    feature_normalize(a.xnorm, model->x, feature_stats, feature_m2, B, R, F);
     target_fill(a.ynorm, model->y, label_stats, B, R, S);
     scalar_embed_forward(a.encoded, a.xnorm, p.fe_w, p.fe_b, (long)B * R, F, 0, C, E);
     scalar_embed_forward(a.encoded, a.ynorm, p.te_w, p.te_b, (long)B * R, 1, F, C, E);
 
     const float* x = a.encoded; // (N, E) layer input
     for (int l = 0; l < c.L; l++) {
-        const long lN = l * N;
+        const long lN = (model->grads_memory ? l : 0) * N; // inference: every layer in one set of buffers
         float* fa_qkv = a.fa_qkv + lN * 3 * E;
         float* fa_o = a.fa_o + lN * E;
         float* fa_lse = a.fa_lse + lN * h;
@@ -621,27 +634,65 @@ static void tabpfn_backward(TabPFN* model) {
 // ----------------------------------------------------------------------------
 // optimizer
 
+enum OptimizerKind { OPT_ADAMW = 0, OPT_SCHEDULEFREE = 1 };
+static const char* const optimizer_names[] = {"adamw", "schedulefree"};
+
 typedef struct {
     float lr_max;       // peak learning rate
     int warmup_steps;   // linear warmup
-    int total_steps;    // cosine decay to 0 at the end
-    float weight_decay; // decoupled (AdamW)
+    int total_steps;    // AdamW: cosine decay to 0 at the end (schedule-free has no schedule)
+    float weight_decay; // decoupled: AdamW at the parameters, schedule-free at y
     float beta1, beta2, eps;
     float clip_norm;    // global gradient norm cap; <= 0 disables clipping
+    int kind;           // OptimizerKind (0: AdamW)
 } OptimizerConfig;
 
-// step counts from 0; linear warmup to lr_max, then half a cosine down to 0
+// step counts from 0; linear warmup to lr_max, then (AdamW) half a cosine down to 0 or
+// (schedule-free) constant. Schedule-free's step size also carries Adam's bias correction,
+// sqrt(1 - beta2^t), applied in tabpfn_update.
 static inline float learning_rate_at(const OptimizerConfig* o, int step) {
     if (step < o->warmup_steps) return o->lr_max * (float)(step + 1) / (float)o->warmup_steps;
+    if (o->kind == OPT_SCHEDULEFREE) return o->lr_max;
     int decay_steps = o->total_steps - o->warmup_steps;
     if (decay_steps < 1) decay_steps = 1;
     double progress = (double)(step - o->warmup_steps) / decay_steps;
     return (float)(o->lr_max * 0.5 * (1.0 + cos(M_PI * progress)));
 }
 
-// clip by global norm (as torch.nn.utils.clip_grad_norm_), then AdamW. Returns the norm
-// before clipping. step counts from 0.
+// Starts the optimizer's state at the current parameters: AdamW's moments at 0; schedule-free
+// with z = x = y (the paper's z_1 = x_1), v = 0 and no steps taken. Call it after the
+// parameters are set (tabpfn_init_parameters) and before checkpoint_load, which overwrites it.
+static void tabpfn_optimizer_init(TabPFN* model, int kind) {
+    MOSAIC_CHECK(model->opt_memory != NULL, "tabpfn_optimizer_init needs a model built for training");
+    const size_t P = model->num_parameters;
+    model->optimizer = kind;
+    model->lr_sq_sum = 0.0;
+    device_memset_zero(model->opt_memory, 3 * P * sizeof(float));
+    if (kind == OPT_SCHEDULEFREE) {
+        device_copy(model->z_memory, model->params_memory, P * sizeof(float));
+        device_copy(model->avg_memory, model->params_memory, P * sizeof(float));
+    }
+}
+
+// The weights the forward pass reads (model->params). Schedule-free trains at y
+// (params_memory) and is evaluated at x (avg_memory): tabpfn_eval_weights points the
+// parameters at x, tabpfn_train_weights back at y. Nothing is copied, so training continues
+// at y bit for bit. AdamW evaluates what it trains: both are the same.
+static const float* tabpfn_eval_weights_memory(const TabPFN* model) {
+    return model->optimizer == OPT_SCHEDULEFREE && model->avg_memory ? model->avg_memory : model->params_memory;
+}
+static void tabpfn_eval_weights(TabPFN* model) {
+    point_parameters(&model->params, (float*)tabpfn_eval_weights_memory(model), model->param_sizes);
+}
+static void tabpfn_train_weights(TabPFN* model) {
+    point_parameters(&model->params, model->params_memory, model->param_sizes);
+}
+
+// clip by global norm (as torch.nn.utils.clip_grad_norm_), then one step of the optimizer the
+// state was started for (tabpfn_optimizer_init; a model never started runs AdamW). Returns
+// the norm before clipping. step counts from 0.
 static float tabpfn_update(TabPFN* model, const OptimizerConfig* o, int step) {
+    MOSAIC_CHECK(o->kind == model->optimizer, "the optimizer state was started for another optimizer");
     double sumsq;
     sum_of_squares(model->grad_sumsq, model->grads_memory, model->num_parameters);
     device_copy_to_host(&sumsq, model->grad_sumsq, sizeof(double));
@@ -651,7 +702,19 @@ static float tabpfn_update(TabPFN* model, const OptimizerConfig* o, int step) {
         float coef = o->clip_norm / (norm + 1e-6f);
         scale = coef < 1.0f ? coef : 1.0f;
     }
-    adamw_update(model->params_memory, model->m_memory, model->v_memory, model->grads_memory, model->num_parameters,
-                 learning_rate_at(o, step), o->beta1, o->beta2, o->eps, o->weight_decay, scale, step + 1);
+    if (o->kind == OPT_SCHEDULEFREE) {
+        // the paper's lr_t = lr sqrt(1 - beta2^t) min(1, t / warmup), and the weight of z_{t+1}
+        // in the average x: c_{t+1} = lr_t^2 / sum_{i <= t} lr_i^2 (its weighting with r = 0)
+        const double lr_t = (double)learning_rate_at(o, step) * sqrt(1.0 - pow((double)o->beta2, step + 1));
+        model->lr_sq_sum += lr_t * lr_t;
+        const double c = model->lr_sq_sum > 0.0 ? lr_t * lr_t / model->lr_sq_sum : 0.0;
+        schedulefree_update(model->params_memory, model->z_memory, model->avg_memory, model->v_memory,
+                            model->grads_memory, model->num_parameters, (float)lr_t, (float)c, o->beta1, o->beta2,
+                            o->eps, o->weight_decay, scale);
+    } else {
+        adamw_update(model->params_memory, model->m_memory, model->v_memory, model->grads_memory,
+                     model->num_parameters, learning_rate_at(o, step), o->beta1, o->beta2, o->eps, o->weight_decay,
+                     scale, step + 1);
+    }
     return norm;
 }

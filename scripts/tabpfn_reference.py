@@ -9,9 +9,10 @@ Usage:
       check the default model's parameter count (356,066) and exit
   /usr/bin/python3 scripts/tabpfn_reference.py --write-debug-state OUT.bin [--seed 0]
       [--B 3 --R 11 --F 4 --S 6 --E 16 --heads 2 --H 24 --L 2 --outputs 3]
-      [--lr 3e-3 --weight-decay 0.01 --steps 10 --warmup 3]
-      random inputs and parameters, run in float64: logits, loss, gradients and a short
-      AdamW run (lrs, train_losses), written as float32 tensors (see tensor_file.py)
+      [--lr 3e-3 --weight-decay 0.01 --steps 10 --warmup 3 --sf-lr 4e-3]
+      random inputs and parameters, run in float64: logits, loss, gradients, a short AdamW
+      run (lrs, train_losses) and, from the same start, a schedule-free AdamW run (sf_lrs,
+      sf_losses, the final sf_y.NAME and sf_x.NAME), written as float32 tensors (see tensor_file.py)
 """
 import argparse
 import math
@@ -117,6 +118,48 @@ def learning_rate(lr, step, steps, warmup):
     return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+class ScheduleFreeAdamW:
+    """Schedule-free AdamW as Algorithm 1 of Defazio et al. 2024, "The Road Less Scheduled".
+
+    The module's parameters hold y, where the gradient is taken; z (the base sequence), x (the
+    average, the weights to evaluate) and the second moment v are kept here. Step t (from 1):
+        v_t     = beta2 v_{t-1} + (1 - beta2) g_t^2
+        lr_t    = lr sqrt(1 - beta2^t) min(1, t / warmup)     warmup and Adam's bias correction
+        z_{t+1} = z_t - lr_t g_t / (sqrt(v_t) + eps) - lr_t weight_decay y_t
+        c_{t+1} = lr_t^2 / sum_{i <= t} lr_i^2                the paper's weighting with r = 0
+        x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
+        y_{t+1} = (1 - beta1) z_{t+1} + beta1 x_{t+1}
+    with z_1 = x_1 = y_1 the initial parameters. No learning-rate schedule beyond the warmup.
+    """
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup=0):
+        self.params = list(params)
+        self.lr, self.betas, self.eps, self.weight_decay, self.warmup = lr, betas, eps, weight_decay, warmup
+        self.z = [p.detach().clone() for p in self.params]
+        self.x = [p.detach().clone() for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+        self.lr_sq_sum = 0.0
+
+    def scheduled_lr(self, t):
+        """lr times the warmup factor min(1, t / warmup), t from 1 (what the trainer logs)."""
+        return self.lr * (min(1.0, t / self.warmup) if self.warmup > 0 else 1.0)
+
+    @torch.no_grad()
+    def step(self):
+        beta1, beta2 = self.betas
+        self.t += 1
+        lr_t = self.scheduled_lr(self.t) * math.sqrt(1.0 - beta2 ** self.t)
+        self.lr_sq_sum += lr_t * lr_t
+        c = lr_t * lr_t / self.lr_sq_sum if self.lr_sq_sum > 0 else 0.0
+        for y, z, x, v in zip(self.params, self.z, self.x, self.v):
+            g = y.grad
+            v.mul_(beta2).add_((1.0 - beta2) * g * g)
+            z.sub_(lr_t * (g / (v.sqrt() + self.eps) + self.weight_decay * y))
+            x.mul_(1.0 - c).add_(c * z)
+            y.copy_((1.0 - beta1) * z + beta1 * x)
+
+
 def parameter_count(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -180,6 +223,28 @@ def debug_state(args):
         losses.append(loss.item())
     state["lrs"] = lrs
     state["train_losses"] = losses
+
+    # schedule-free AdamW from the same start (the initial parameters are in the state)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.from_numpy(state[name]).double())
+    optimizer = ScheduleFreeAdamW(model.parameters(), lr=args.sf_lr, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=args.weight_decay, warmup=args.warmup)
+    state["sf_config"] = [args.sf_lr, args.weight_decay, args.steps, args.warmup]
+    lrs, losses = [], []
+    for step in range(args.steps):
+        loss = tabpfn_loss(model(x, y, args.S), y, args.S)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        lrs.append(optimizer.scheduled_lr(step + 1))
+        losses.append(loss.item())
+    state["sf_lrs"] = lrs
+    state["sf_losses"] = losses
+    for (name, p), x_avg in zip(params.items(), optimizer.x):
+        state["sf_y." + name] = numpy(p)
+        state["sf_x." + name] = numpy(x_avg)
     return state
 
 
@@ -200,6 +265,7 @@ def main():
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=10, help="AdamW steps recorded")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps of the schedule")
+    parser.add_argument("--sf-lr", type=float, default=4e-3, help="schedule-free AdamW's learning rate")
     args = parser.parse_args()
 
     count = parameter_count(TabPFN())
@@ -215,7 +281,8 @@ def main():
     state = debug_state(args)
     write_tensors(args.write_debug_state, state)
     print(f"wrote {len(state)} tensors to {args.write_debug_state}: "
-          f"loss {state['loss'][0]:.6f}, train_losses[-1] {state['train_losses'][-1]:.6f}")
+          f"loss {state['loss'][0]:.6f}, train_losses[-1] {state['train_losses'][-1]:.6f}, "
+          f"sf_losses[-1] {state['sf_losses'][-1]:.6f}")
     return 0
 
 

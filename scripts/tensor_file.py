@@ -4,9 +4,13 @@ Needs numpy only; runs under Debian's /usr/bin/python3 (apt: python3-numpy) or a
 with numpy.
 
 Layout, little-endian:
-  header: 256 int32: [0] magic 0x4D535446, [1] version 1, [2] number of tensors, rest 0
+  header: 256 int32: [0] magic 0x4D535446, [1] version 1, [2] number of tensors,
+          [3] attention heads of an exported model (0: not recorded), rest 0
   per tensor: int32 name_len, name (UTF-8, no terminator), int32 ndim, int32 dims[ndim],
               float32 data in C order (prod(dims) values; 1 value when ndim is 0)
+
+Also: model_layout(), the parameters of an exported Mosaic model in file order (the order of
+parameter_infos in model/tabpfn.h), shared by scripts/mosaic_to_torch.py and torch_to_mosaic.py.
 
 Usage:
   /usr/bin/python3 scripts/tensor_file.py --self-test   # write, read back, compare; exit 1 on mismatch
@@ -23,12 +27,14 @@ VERSION = 1
 HEADER_INTS = 256
 
 
-def write_tensors(path, tensors):
-    """Write an ordered mapping name -> array-like (numpy array, list, detached CPU tensor)."""
+def write_tensors(path, tensors, heads=0):
+    """Write an ordered mapping name -> array-like (numpy array, list, detached CPU tensor);
+    heads goes to header word 3 (an exported model's attention heads, 0: not recorded)."""
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0] = MAGIC
     header[1] = VERSION
     header[2] = len(tensors)
+    header[3] = heads
     with open(path, "wb") as f:
         f.write(header.tobytes())
         for name, value in tensors.items():
@@ -42,6 +48,11 @@ def write_tensors(path, tensors):
 
 def read_tensors(path):
     """Return a dict name -> float32 numpy array, in file order."""
+    return read_tensor_file(path)[0]
+
+
+def read_tensor_file(path):
+    """Return (dict name -> float32 numpy array in file order, heads from header word 3)."""
     with open(path, "rb") as f:
         blob = f.read()
     if len(blob) < 4 * HEADER_INTS:
@@ -74,7 +85,44 @@ def read_tensors(path):
         pos += 4 * count
     if pos != len(blob):
         raise ValueError(f"{path}: {len(blob) - pos} trailing bytes after the last tensor")
-    return tensors
+    return tensors, int(header[3])
+
+
+def model_layout(E, H, L, outputs):
+    """[(name, shape)] of a Mosaic model's parameters in the order --export writes them and a
+    checkpoint stores them: tensor by tensor as in parameter_infos (model/tabpfn.h), the layers
+    of a per-layer tensor one after another. Names are nanoTabPFN's PyTorch module names."""
+    def attention(kind):
+        pre = f"self_attention_between_{kind}."
+        return [(pre + "in_proj_weight", (3 * E, E)), (pre + "in_proj_bias", (3 * E,)),
+                (pre + "out_proj.weight", (E, E)), (pre + "out_proj.bias", (E,))]
+    per_layer = (attention("features") + [("norm1.weight", (E,)), ("norm1.bias", (E,))] +
+                 attention("datapoints") + [("norm2.weight", (E,)), ("norm2.bias", (E,))] +
+                 [("linear1.weight", (H, E)), ("linear1.bias", (H,)), ("linear2.weight", (E, H)),
+                  ("linear2.bias", (E,)), ("norm3.weight", (E,)), ("norm3.bias", (E,))])
+    layout = [("feature_encoder.linear_layer.weight", (E, 1)), ("feature_encoder.linear_layer.bias", (E,)),
+              ("target_encoder.linear_layer.weight", (E, 1)), ("target_encoder.linear_layer.bias", (E,))]
+    for name, shape in per_layer:
+        layout += [(f"transformer_blocks.{l}.{name}", shape) for l in range(L)]
+    layout += [("decoder.linear1.weight", (H, E)), ("decoder.linear1.bias", (H,)),
+               ("decoder.linear2.weight", (outputs, H)), ("decoder.linear2.bias", (outputs,))]
+    return layout
+
+
+def model_config_from_shapes(shapes):
+    """(E, H, L, outputs) from a mapping name -> shape, read off the encoder, decoder and the
+    number of transformer blocks; raises ValueError when those tensors are missing."""
+    needed = ["feature_encoder.linear_layer.weight", "decoder.linear1.weight", "decoder.linear2.weight"]
+    missing = [n for n in needed if n not in shapes]
+    if missing:
+        raise ValueError("not a nanoTabPFN/Mosaic model: no " + ", ".join(missing))
+    if any(len(shapes[n]) != 2 for n in needed):
+        raise ValueError("not a nanoTabPFN/Mosaic model: " + ", ".join(
+            f"{n} has shape {tuple(shapes[n])}" for n in needed if len(shapes[n]) != 2))
+    L = 0
+    while f"transformer_blocks.{L}.norm1.weight" in shapes:
+        L += 1
+    return (int(shapes[needed[0]][0]), int(shapes[needed[1]][0]), L, int(shapes[needed[2]][0]))
 
 
 def self_test():
@@ -89,14 +137,23 @@ def self_test():
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "self_test.bin")
-        write_tensors(path, expected)
-        got = read_tensors(path)
-    ok = list(got) == list(expected)
+        write_tensors(path, expected, heads=3)
+        got, heads = read_tensor_file(path)
+    ok = list(got) == list(expected) and heads == 3
+    if heads != 3:
+        print(f"tensor_file self-test: heads read back as {heads}, wrote 3", file=sys.stderr)
     for name, value in expected.items():
         same = name in got and got[name].shape == value.shape and got[name].tobytes() == value.tobytes()
         if not same:
             print(f"tensor_file self-test: mismatch in '{name}'", file=sys.stderr)
         ok = ok and same
+    # the default model (E 96, H 192, L 3, 2 outputs) has 356,066 parameters
+    layout = model_layout(96, 192, 3, 2)
+    count = sum(int(np.prod(shape)) for _, shape in layout)
+    config = model_config_from_shapes(dict(layout))
+    if count != 356066 or config != (96, 192, 3, 2) or len(set(n for n, _ in layout)) != len(layout):
+        print(f"tensor_file self-test: model_layout gives {count} parameters, config {config}", file=sys.stderr)
+        ok = False
     print("tensor_file self-test: " + ("ok" if ok else "FAILED"))
     return ok
 

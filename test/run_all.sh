@@ -22,6 +22,7 @@ run test_dataloader ./build/test_dataloader
 run test_h5_convert bash test/test_h5_convert.sh
 run test_bad_input bash test/test_bad_input.sh
 run test_checkpoint_resume bash test/test_checkpoint_resume.sh
+run test_hardening bash test/test_hardening.sh
 run test_train_loss bash test/test_train_loss.sh
 # row sharding under mpirun: every strategy vs one process, then the trainer itself
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -29,9 +30,17 @@ for np in 2 3 4; do
     run "test_sharded (mpirun -np $np)" env OMP_NUM_THREADS=1 timeout 600 mpirun --oversubscribe -np "$np" ./build/test_sharded
 done
 run test_mpi_train bash test/test_mpi_train.sh
+run test_resume_layout bash test/test_resume_layout.sh
+run test_predict bash test/test_predict.sh
+run test_interchange bash test/test_interchange.sh
+run test_evaluate bash test/test_evaluate.sh
+run test_plot_log bash test/test_plot_log.sh
 # the GPU trainer run on the CPU (emulator + CUDA/cuBLAS/NCCL shims) against the CPU build
 run test_gpu_trainer bash test/test_gpu_trainer.sh
 run test_gpu_planted_bugs bash test/test_gpu_planted_bugs.sh
+# the CPU tests under ASan + UBSan (build/asan_cpu/); the file readers under libFuzzer, FUZZ_SECONDS (30) each
+run test_asan_cpu bash test/test_asan_cpu.sh
+for t in $(cd test && ls fuzz_*.cpp | sed 's/\.cpp$//'); do run "$t (libFuzzer)" bash test/run_fuzzers.sh "$t"; done
 # the CUDA kernel tests: emulated (plain, ASan+UBSan, TSan), nvcc + ptxas check, native where a GPU is
 source test/run_cuda_kernels.sh
 

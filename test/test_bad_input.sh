@@ -37,9 +37,15 @@ head -c $(( $(stat -c %s "$TMP/good.bin") - 100 )) "$TMP/good.bin" >"$TMP/trunca
 expect_error "truncated prior dump" "truncated" --prior-dump "$TMP/truncated.bin"
 expect_error "missing eval table" "cannot open '$TMP/none.csv'" --eval-csv "$TMP/none.csv" --steps 1
 printf 'a,b,target\n1.0,2.0,0\n3.0,nan,1\n4.0,5.0,0\n6.0,7.0,1\n' >"$TMP/nan.csv"
-expect_error "NaN in a table" "NaN in '$TMP/nan.csv' at line 3, column 2" --eval-csv "$TMP/nan.csv" --steps 1
+expect_error "nan (not a missing spelling) in a table" "'$TMP/nan.csv' line 3, column 2 ('b'): 'nan' is not a missing-cell spelling" --eval-csv "$TMP/nan.csv" --steps 1
+printf 'a,b,target\n1.0,2.0,0\n3.0,inf,1\n4.0,5.0,0\n6.0,7.0,1\n' >"$TMP/inf.csv"
+expect_error "Inf in a table" "'$TMP/inf.csv' line 3, column 2 ('b'): Inf 'inf'" --eval-csv "$TMP/inf.csv" --steps 1
+printf 'a,b,target\n1.0,"2.0,0\n3.0,4.0,1\n' >"$TMP/quote.csv"
+expect_error "unclosed quote in a table" "'$TMP/quote.csv' line 2, column 2: a quoted field is never closed" --eval-csv "$TMP/quote.csv" --steps 1
+head -c 2048 "$TMP/random.bin" >"$TMP/binary.csv"
+expect_error "binary eval table" "'$TMP/binary.csv' is not a CSV text file" --eval-csv "$TMP/binary.csv" --steps 1
 printf '1.0,2.0,0\n3.0,2.0\n' >"$TMP/ragged.csv"
-expect_error "ragged table" "line 2" --eval-csv "$TMP/ragged.csv" --steps 1
+expect_error "ragged table" "'$TMP/ragged.csv' line 2, column 3: the row has 2 fields where line 1 has 3" --eval-csv "$TMP/ragged.csv" --steps 1
 printf '1,0\n2,1\n3,2\n4,0\n5,1\n6,2\n' >"$TMP/three.csv"
 expect_error "more classes than outputs" "3 classes" --eval-csv "$TMP/three.csv" --steps 1
 expect_error "corrupt checkpoint" "not a Mosaic checkpoint" --resume "$TMP/random.bin" --eval-csv none

@@ -214,19 +214,26 @@ static void test_feature_encoder(int B, int R, int F, int S) {
     for (auto& v : x) v = (float)(5.0 + 2.0 * rng_normal(&rng));
     for (int b = 0; b < B; b++) // a constant feature: variance 0, z = 0
         for (int r = 0; r < R; r++) x[((long)b * R + r) * F] = 3.25f;
-    std::vector<double> stats((size_t)B * F * 3);
+    if (F > 1) // the last feature large and nearly constant: one-pass variance would lose it
+        for (int b = 0; b < B; b++)
+            for (int r = 0; r < R; r++) x[((long)b * R + r) * F + F - 1] = (float)(3e4 + 1e-3 * rng_normal(&rng));
+    std::vector<double> stats((size_t)B * F * 2), m2((size_t)B * F);
     feature_stats_local(stats.data(), x.data(), B, R, F, S);
     DevF d_x(x);
     DevD d_stats(std::vector<double>(stats.size(), NAN));
     gpu::feature_stats_local(d_stats.p, d_x.p, B, R, F, S);
     check("feature_stats_local " + tag, d_stats.get(), stats, 1e-12, 1e-12);
     if (S < 2) return; // one or no train row: the std is NaN, as in torch
-    // the normalisation from the CPU's statistics, so that only it is compared
+    // each pass from the CPU's inputs, so that only it is compared
+    feature_deviations_local(m2.data(), x.data(), stats.data(), B, R, F, S);
+    DevD d_stats_cpu(stats), d_m2(std::vector<double>(m2.size(), NAN));
+    gpu::feature_deviations_local(d_m2.p, d_x.p, d_stats_cpu.p, B, R, F, S);
+    check("feature_deviations_local " + tag, d_m2.get(), m2, 1e-12, 1e-12);
     std::vector<float> xnorm(x.size());
-    feature_normalize(xnorm.data(), x.data(), stats.data(), B, R, F);
-    DevD d_stats_cpu(stats);
+    feature_normalize(xnorm.data(), x.data(), stats.data(), m2.data(), B, R, F);
+    DevD d_m2_cpu(m2);
     DevF d_xnorm(nans((long)x.size()));
-    gpu::feature_normalize(d_xnorm.p, d_x.p, d_stats_cpu.p, B, R, F);
+    gpu::feature_normalize(d_xnorm.p, d_x.p, d_stats_cpu.p, d_m2_cpu.p, B, R, F);
     check("feature_normalize " + tag, d_xnorm.get(), xnorm, 1e-6, 1e-6);
 }
 
@@ -321,6 +328,21 @@ static void test_adamw(long n, int step) {
     const std::string tag = fmt("adamw_update n=%ld step=%d", n, step);
     check(tag + ": params", d_params.get(), params, 1e-6, 1e-6);
     check(tag + ": m", d_m.get(), m, 1e-6, 1e-6);
+    check(tag + ": v", d_v.get(), v, 1e-6, 1e-6);
+}
+
+// schedule-free AdamW: lr_t and c as tabpfn_update passes them (warmup and bias correction
+// folded into lr_t); c = 1 is the first step (x jumps to z)
+static void test_schedulefree(long n, float lr_t, float c) {
+    std::vector<float> y = uniform(n, -1, 1), z = uniform(n, -1, 1), x = uniform(n, -1, 1), v = uniform(n, 0, 0.01),
+                       g = uniform(n, -1, 1);
+    DevF d_y(y), d_z(z), d_x(x), d_v(v), d_g(g);
+    schedulefree_update(y.data(), z.data(), x.data(), v.data(), g.data(), (size_t)n, lr_t, c, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f);
+    gpu::schedulefree_update(d_y.p, d_z.p, d_x.p, d_v.p, d_g.p, (size_t)n, lr_t, c, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f);
+    const std::string tag = fmt("schedulefree_update n=%ld lr_t=%g c=%g", n, lr_t, c);
+    check(tag + ": y", d_y.get(), y, 1e-6, 1e-6);
+    check(tag + ": z", d_z.get(), z, 1e-6, 1e-6);
+    check(tag + ": x", d_x.get(), x, 1e-6, 1e-6);
     check(tag + ": v", d_v.get(), v, 1e-6, 1e-6);
 }
 
@@ -502,6 +524,8 @@ int main(void) {
         test_sum_of_squares(0);
         test_adamw(1000, 1);
         test_adamw(1000, 5);
+        test_schedulefree(1000, 4e-3f * 0.0316f, 1.0f);
+        test_schedulefree(1000, 4e-3f, 0.05f);
         test_shard_ops();
         test_a2a_ops();
         printf("schedule %s: %.2f s\n", schedule_name, wall_seconds() - t0);

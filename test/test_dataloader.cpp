@@ -27,12 +27,12 @@ static void check(int ok, const char* fmt, ...) {
 }
 
 static char tmp_dir[64];
-static char tmp_paths[64][128];
+static char tmp_paths[128][128];
 static int tmp_count = 0;
 
 // a path in the test's temporary directory, removed at the end
 static const char* tmp_path(const char* name) {
-    MOSAIC_CHECK(tmp_count < 64, "too many temporary files");
+    MOSAIC_CHECK(tmp_count < 128, "too many temporary files");
     snprintf(tmp_paths[tmp_count], sizeof(tmp_paths[0]), "%s/%s", tmp_dir, name);
     return tmp_paths[tmp_count++];
 }
@@ -198,19 +198,23 @@ static void test_errors(void) {
     check_fails("single_eval_pos >= num_datapoints", run_open_dump, bad_sep, "dataset 2 has single_eval_pos=5");
 
     struct { const char* name; const char* text; const char* expect; } csv[] = {
-        {"csv NaN", "a,b,y\n1,2,0\n3,nan,1\n", "NaN in '%s' at line 3, column 2"},
-        {"csv Inf", "1,2,0\n3,4,1\n-inf,4,1\n", "Inf in '%s' at line 3, column 1"},
-        {"csv empty field", "a,b,y\n1,2,0\n3,,1\n", "empty field in '%s' at line 3, column 2"},
-        {"csv empty field on the first line", "1,,0\n3,4,1\n", "empty field in '%s' at line 1, column 2"},
-        {"csv non-numeric", "a,b,y\n1,2,0\n3,x4,1\n", "non-numeric field 'x4' in '%s' at line 3, column 2"},
-        {"csv ragged row", "a,b,y\n1,2,0\n3,4\n", "'%s' line 3 has 2 fields, expected 3"},
-        {"csv fractional label", "1,2,0\n3,4,1.5\n", "label '1.5' in '%s' at line 2"},
-        {"csv negative label", "1,2,0\n3,4,-1\n", "label '-1' in '%s' at line 2"},
-        {"csv one class", "1,2,1\n3,4,1\n5,6,1\n7,8,1\n", "single class"},
-        {"csv too few rows", "x,y\n1,0\n2,1\n3,1\n", "has 3 data rows; need at least 4"},
+        {"csv NaN spelled nan", "a,b,y\n1,2,0\n3,nan,1\n", "'%s' line 3, column 2 ('b'): 'nan' is not a missing-cell spelling"},
+        {"csv Inf", "1,2,0\n3,4,1\n-inf,4,1\n", "'%s' line 3, column 1: Inf '-inf'"},
+        {"csv float32 overflow", "a,b,y\n1,2,0\n3,1e39,1\n", "'%s' line 3, column 2 ('b'): the value '1e39' is not a finite float32"},
+        {"csv ragged row", "a,b,y\n1,2,0\n3,4\n", "'%s' line 3, column 3: the row has 2 fields where line 1 has 3"},
+        {"csv extra field", "a,b,y\n1,2,0\n3,4,1,5\n", "'%s' line 3, column 4: the row has 4 fields where line 1 has 3"},
+        {"csv one class", "1,2,1\n3,4,1\n5,6,1\n7,8,1\n", "'%s' column 3: every label is '1' (lines 1-4)"},
+        {"csv too few rows", "x,y\n1,0\n2,1\n3,1\n", "has 3 data rows (lines 2-4); need at least 4"},
         {"csv empty file", "", "'%s' is empty"},
-        {"csv header only", "a,b,label\n\n", "no data rows"},
-        {"csv one column", "1\n2\n3\n4\n", "line 1 has 1 column"},
+        {"csv blank lines only", "\n  \r\n\n", "'%s' is empty"},
+        {"csv header only", "a,b,label\n\n", "'%s' has a header (line 1) but no data rows"},
+        {"csv one column", "1\n2\n3\n4\n", "'%s' line 1, column 1: one column"},
+        {"csv binary", "ab\x01\x02,c\n", "'%s' is not a CSV text file: byte 0x01 at line 1, character 3"},
+        {"csv unclosed quote", "a,b,y\n1,2,0\n3,\"4,1\n5,6,1\n", "'%s' line 3, column 2: a quoted field is never closed"},
+        {"csv quote inside a field", "a,b,y\n1,2,0\n3,4\"x,1\n", "'%s' line 3, column 2: a quote inside an unquoted field"},
+        {"csv text after a closing quote", "a,b,y\n1,2,0\n3,\"4\"x,1\n", "'%s' line 3, column 2: text after the closing quote"},
+        {"csv missing label", "a,b,y\n1,2,0\n3,4,NA\n5,6,1\n7,8,1\n", "'%s' line 3, column 3 ('y'): the label is missing ('NA')"},
+        {"csv empty header name", "a,,y\n1,2,0\n", "'%s' line 1, column 2: the header names no column"},
         {"csv class with one row", "1,0\n2,0\n3,1\n4,0\n", "class 1 has only 1 row"},
     };
     for (size_t i = 0; i < sizeof(csv) / sizeof(csv[0]); i++) {
@@ -529,9 +533,120 @@ static void test_csv_parse(void) {
     const char* path2 = tmp_path("noheader.csv");
     write_text(path2, "1,2,0\n3,4,1\n5,6,0\n7,8,3");
     csv_table_read(&t, path2);
-    ok = t.rows == 4 && t.features == 2 && t.num_classes == 4 && t.x[0] == 1.0f && t.x[7] == 8.0f && t.y[3] == 3;
-    check(ok, "csv: no header, no final newline, labels {0,1,3} -> num_classes 4");
+    ok = t.rows == 4 && t.features == 2 && t.num_classes == 3 && t.x[0] == 1.0f && t.x[7] == 8.0f && t.y[3] == 2 &&
+         !strcmp(t.class_names[2], "3");
+    check(ok, "csv: no header, no final newline, labels {0,1,3} -> 3 classes, '3' is class 2");
     csv_table_free(&t);
+}
+
+// predict's tables: RFC 4180 quotes, string and numeric labels, categorical columns, missing cells
+static void test_csv_semantics(void) {
+    const char* train_path = tmp_path("sem_train.csv");
+    const char* test_path = tmp_path("sem_test.csv");
+    // colour: categorical {"blue", "green, dark", "red \"x\""}, with a quoted line break in one name;
+    // size: numeric with 2 missing cells (mean of 1, 2, 6 = 3); labels 10 > 9 numerically
+    write_text(train_path, "\xEF\xBB\xBFsize,colour,\"the\nlabel\"\r\n"
+                           "1,blue,9\n"
+                           "NA,\"green, dark\",10\n"
+                           "2,\"red \"\"x\"\"\",9.0\n"
+                           "?,blue,10\n"
+                           "6,,9\n");
+    write_text(test_path, "size,colour\n5,\"green, dark\"\n,purple\n7,\"red \"\"x\"\"\"\n");
+    CsvText tr, te;
+    csv_text_read(&tr, train_path, CSV_HEADER_REQUIRED);
+    CsvSchema s;
+    csv_schema_build(&s, &tr, NULL);
+    CsvTable a, b;
+    csv_table_encode(&a, &tr, &s, CSV_MISSING_MEAN, 1, train_path);
+    int ok = tr.rows == 5 && tr.columns == 3 && !strcmp(tr.header[2], "the\nlabel") && s.num_classes == 2 &&
+             !strcmp(s.class_names[0], "9") && !strcmp(s.class_names[1], "10") && !s.categorical[0] && s.categorical[1] &&
+             s.num_categories[1] == 3 && !strcmp(s.categories[1][1], "green, dark") && !strcmp(s.categories[1][2], "red \"x\"") &&
+             tr.line[4] == 7;
+    const float want_x[10] = {1, 0, 3, 1, 2, 2, 3, 0, 6, 0}; // colour missing -> "blue" (2 of 4), code 0
+    const int want_y[5] = {0, 1, 0, 1, 0};
+    for (int i = 0; ok && i < 10; i++) ok &= a.x[i] == want_x[i];
+    for (int i = 0; ok && i < 5; i++) ok &= a.y[i] == want_y[i];
+    ok &= a.missing == 3 && a.unseen == 0 && a.has_labels;
+    check(ok, "csv: BOM, quoted commas/quotes/line breaks, numeric labels sorted as numbers (9 < 10, 9.0 = 9), "
+              "categories sorted and coded, missing -> mean 3 / most frequent category");
+    csv_text_read(&te, test_path, CSV_HEADER_REQUIRED);
+    csv_table_encode(&b, &te, &s, CSV_MISSING_MEAN, 0, train_path);
+    const float want_t[6] = {5, 1, 3, 0, 7, 2}; // unseen "purple" -> missing -> code 0
+    ok = b.rows == 3 && !b.has_labels && b.missing == 2 && b.unseen == 1;
+    for (int i = 0; ok && i < 6; i++) ok &= b.x[i] == want_t[i];
+    check(ok, "csv: test table without the label column; unseen category counts as missing");
+    csv_table_free(&a);
+    csv_table_free(&b);
+    csv_text_free(&te);
+    csv_schema_free(&s);
+    csv_text_free(&tr);
+
+    // string labels sorted as bytes, --label picks a middle column
+    write_text(train_path, "y,a,b\nno,1,2\nyes,3,4\nYes,5,6\nno,7,8\n");
+    csv_text_read(&tr, train_path, CSV_HEADER_REQUIRED);
+    csv_schema_build(&s, &tr, "y");
+    csv_table_encode(&a, &tr, &s, CSV_MISSING_ERROR, 1, train_path);
+    ok = s.num_classes == 3 && !strcmp(s.class_names[0], "Yes") && !strcmp(s.class_names[1], "no") &&
+         !strcmp(s.class_names[2], "yes") && a.features == 2 && a.x[0] == 1 && a.x[1] == 2 && a.y[0] == 1 && a.y[2] == 0;
+    check(ok, "csv: --label y (first column), string labels sorted as byte strings {Yes, no, yes}");
+    csv_table_free(&a);
+    csv_schema_free(&s);
+    csv_text_free(&tr);
+}
+
+// predict's pair of tables: the train file (arg) fixes the schema, then pair_test is encoded
+static const char* pair_test;
+static const char* pair_label;
+static CsvMissing pair_missing;
+static void run_read_pair(const char* train_path) {
+    CsvText tr, te;
+    csv_text_read(&tr, train_path, CSV_HEADER_REQUIRED);
+    CsvSchema s;
+    csv_schema_build(&s, &tr, pair_label);
+    CsvTable a, b;
+    csv_table_encode(&a, &tr, &s, pair_missing, 1, train_path);
+    csv_text_read(&te, pair_test, CSV_HEADER_REQUIRED);
+    csv_table_encode(&b, &te, &s, pair_missing, 0, train_path);
+}
+
+static void test_csv_pair_errors(void) {
+    struct { const char* name; const char* train; const char* test; const char* label; int error; const char* expect; } c[] = {
+        {"label column not found", "a,b,y\n1,2,0\n3,4,1\n", "a,b\n1,2\n", "z", 0, "'TRAIN' line 1: no column is named 'z'"},
+        {"label name twice", "y,b,y\n1,2,0\n3,4,1\n", "y,b\n1,2\n", "y", 0, "'TRAIN' line 1, columns 1 and 3 are both named 'y'"},
+        {"test header differs", "a,b,y\n1,2,0\n3,4,1\n", "a,c\n1,2\n", NULL, 0, "'TEST' line 1, column 2: named 'c' where the train table 'TRAIN' has 'b'"},
+        {"test has other columns", "a,b,y\n1,2,0\n3,4,1\n", "a\n1\n", NULL, 0, "'TEST' line 1: 1 columns, but the train table 'TRAIN' has 3"},
+        {"test has too many columns", "a,b,y\n1,2,0\n3,4,1\n", "a,b,y,z\n1,2,0,0\n", NULL, 0, "'TEST' line 1: 4 columns, but the train table 'TRAIN' has 3"},
+        {"test label not a train class", "a,b,y\n1,2,0\n3,4,1\n", "a,b,y\n1,2,1\n3,4,2\n", NULL, 0, "'TEST' line 3, column 3 ('y'): label '2' is not a class of the train table 'TRAIN'"},
+        {"test text in a numeric column", "a,b,y\n1,2,0\n3,4,1\n", "a,b\n1,x\n", NULL, 0, "'TEST' line 2, column 2 ('b'): 'x' is not a number, and the column is numeric"},
+        {"missing refused", "a,b,y\n1,2,0\n3,NaN,1\n", "a,b\n1,2\n", NULL, 1, "'TRAIN' line 3, column 2 ('b'): missing cell ('NaN'; --missing error)"},
+        {"unseen category refused", "a,b,y\n1,u,0\n3,v,1\n", "a,b\n1,w\n", NULL, 1, "'TEST' line 2, column 2 ('b'): category 'w' is not in the train table"},
+        {"test header only", "a,b,y\n1,2,0\n3,4,1\n", "a,b\n", NULL, 0, "'TEST' has a header (line 1) but no data rows"},
+        {"some test labels missing", "a,b,y\n1,2,0\n3,4,1\n", "a,b,y\n1,2,0\n1,2,\n", NULL, 0, "'TEST' line 3, column 3 ('y'): the label is missing"},
+        {"one train class", "a,b,y\nx,2,u\ny,4,u\n", "a,b\n1,2\n", NULL, 0, "'TRAIN' column 3 ('y'): every label is 'u' (lines 2-3)"},
+    };
+    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+        char name[48];
+        snprintf(name, sizeof(name), "pair%zu_train.csv", i);
+        const char* train = tmp_path(name);
+        snprintf(name, sizeof(name), "pair%zu_test.csv", i);
+        const char* test = tmp_path(name);
+        write_text(train, c[i].train);
+        write_text(test, c[i].test);
+        pair_test = test;
+        pair_label = c[i].label;
+        pair_missing = c[i].error ? CSV_MISSING_ERROR : CSV_MISSING_MEAN;
+        char expect[512]; // TRAIN and TEST stand for the two paths
+        size_t n = 0;
+        for (const char* e = c[i].expect; *e && n < sizeof(expect) - 200;) {
+            const char* path = !strncmp(e, "TRAIN", 5) ? train : !strncmp(e, "TEST", 4) ? test : NULL;
+            if (path) { n += (size_t)snprintf(expect + n, sizeof(expect) - n, "%s", path); e += path == train ? 5 : 4; }
+            else expect[n++] = *e++;
+        }
+        expect[n] = '\0';
+        char what[96];
+        snprintf(what, sizeof(what), "predict tables: %s", c[i].name);
+        check_fails(what, run_read_pair, train, expect);
+    }
 }
 
 // checks a split of `t` against the expected train counts per class
@@ -666,6 +781,7 @@ int main(int argc, char** argv) {
     if (!mkdtemp(tmp_dir)) mosaic_fail("cannot create a temporary directory: %s", strerror(errno));
 
     test_errors(); // first: forks before any OpenMP thread pool exists
+    test_csv_pair_errors();
     test_prior_determinism();
     test_prior_validity("default", prior_config_default(), 300, 16);
     {
@@ -681,6 +797,7 @@ int main(int argc, char** argv) {
     test_dump_roundtrip();
     test_dump_writer();
     test_csv_parse();
+    test_csv_semantics();
     test_csv_split();
 
     for (int i = 0; i < tmp_count; i++) unlink(tmp_paths[i]);

@@ -100,10 +100,11 @@ static void test_encoders(Rng* rng) {
     x[((long)1 * R + S + 1) * F + 2] = 1e6; // a test-row outlier: its z-score is clipped to +100
     Vec fw = random_vec(E, rng), fb = random_vec(E, rng), tw = random_vec(E, rng), tb = random_vec(E, rng);
     Vec w = random_vec((long)B * R * C * E, rng);
-    Vec stats((long)B * F * 3), lstats(B * 2), xnorm((long)B * R * F), ynorm((long)B * R), out((long)B * R * C * E);
+    Vec stats((long)B * F * 2), m2((long)B * F), lstats(B * 2), xnorm((long)B * R * F), ynorm((long)B * R), out((long)B * R * C * E);
     auto loss = [&]() {
         feature_stats_local(stats.data(), x.data(), B, R, F, S);
-        feature_normalize(xnorm.data(), x.data(), stats.data(), B, R, F);
+        feature_deviations_local(m2.data(), x.data(), stats.data(), B, R, F, S);
+        feature_normalize(xnorm.data(), x.data(), stats.data(), m2.data(), B, R, F);
         label_stats_local(lstats.data(), y.data(), B, R, S);
         target_fill(ynorm.data(), y.data(), lstats.data(), B, R, S);
         scalar_embed_forward(out.data(), xnorm.data(), fw.data(), fb.data(), (long)B * R, F, 0, C, E);
@@ -134,6 +135,92 @@ static void test_encoders(Rng* rng) {
     check_grad("feature encoder: dbias", dfb, numeric_grad(fb, loss));
     check_grad("target encoder: dweight", dtw, numeric_grad(tw, loss));
     check_grad("target encoder: dbias", dtb, numeric_grad(tb, loss));
+}
+
+// The feature statistics on an adversarial column in the model's precision (float inputs): mean
+// 3e4, std 1e-3, where one pass of sum and sum of squares loses the variance. Reference: the
+// same float inputs, two passes in double. Also the row-sharded form: the train rows split over
+// two "ranks" whose [count, sum] and squared deviations are added between the passes, as the
+// group's all-reduces do, must give the same normalised values.
+static void test_feature_stats_robust(Rng* rng) {
+    const int B = 2, R = 64, F = 2, S = 40;
+    std::vector<float> x((size_t)B * R * F);
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < R; r++) {
+            x[((size_t)b * R + r) * F + 0] = (float)(3e4 + 1e-3 * rng_normal(rng) + 0.5 * b);  // the adversarial column
+            x[((size_t)b * R + r) * F + 1] = (float)(2.0 * rng_normal(rng));                    // an ordinary one
+        }
+    std::vector<double> ref((size_t)B * R * F);
+    for (int b = 0; b < B; b++)
+        for (int f = 0; f < F; f++) {
+            double m = 0, v = 0;
+            for (int r = 0; r < S; r++) m += (double)x[((size_t)b * R + r) * F + f];
+            m /= S;
+            for (int r = 0; r < S; r++) v += pow((double)x[((size_t)b * R + r) * F + f] - m, 2);
+            const double sd = sqrt(v / (S - 1));
+            for (int r = 0; r < R; r++) {
+                double z = ((double)x[((size_t)b * R + r) * F + f] - m) / (sd + 1e-20);
+                ref[((size_t)b * R + r) * F + f] = z < -100 ? -100 : (z > 100 ? 100 : z);
+            }
+        }
+    std::vector<double> stats((size_t)B * F * 2), m2((size_t)B * F);
+    std::vector<float> xnorm(x.size());
+    feature_stats_local(stats.data(), x.data(), B, R, F, S);
+    feature_deviations_local(m2.data(), x.data(), stats.data(), B, R, F, S);
+    feature_normalize(xnorm.data(), x.data(), stats.data(), m2.data(), B, R, F);
+    std::vector<double> got(xnorm.begin(), xnorm.end());
+    double spread = 0;
+    for (int r = 0; r < S; r++) spread = fmax(spread, fabs(ref[(size_t)r * F]));
+    check_true("feature stats: the adversarial column has z-scores of order 1", spread > 0.5 && spread < 10);
+    allclose_report("feature stats: mean 3e4 std 1e-3 column vs float64 two-pass reference", got.data(), ref.data(), (long)got.size(), 1e-6, 0);
+    // two "ranks": rows [0, 17) and [17, S) (test rows split too); sums added between the passes
+    const int S0 = 17, R0 = 30, R1 = R - R0, S1 = S - S0;
+    std::vector<float> x0((size_t)B * R0 * F), x1((size_t)B * R1 * F);
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < R; r++)
+            for (int f = 0; f < F; f++) {
+                // rank 0: train rows [0, S0) then test rows [S, S + R0 - S0); rank 1: the rest
+                const float v = x[((size_t)b * R + r) * F + f];
+                if (r < S0) x0[((size_t)b * R0 + r) * F + f] = v;
+                else if (r < S) x1[((size_t)b * R1 + (r - S0)) * F + f] = v;
+                else if (r < S + R0 - S0) x0[((size_t)b * R0 + S0 + (r - S)) * F + f] = v;
+                else x1[((size_t)b * R1 + S1 + (r - S - (R0 - S0))) * F + f] = v;
+            }
+    std::vector<double> st0(stats.size()), st1(stats.size()), d0(m2.size()), d1(m2.size());
+    feature_stats_local(st0.data(), x0.data(), B, R0, F, S0);
+    feature_stats_local(st1.data(), x1.data(), B, R1, F, S1);
+    for (size_t i = 0; i < st0.size(); i++) st0[i] += st1[i];
+    feature_deviations_local(d0.data(), x0.data(), st0.data(), B, R0, F, S0);
+    feature_deviations_local(d1.data(), x1.data(), st0.data(), B, R1, F, S1);
+    for (size_t i = 0; i < d0.size(); i++) d0[i] += d1[i];
+    std::vector<float> n0(x0.size());
+    feature_normalize(n0.data(), x0.data(), st0.data(), d0.data(), B, R0, F);
+    std::vector<double> got0(n0.begin(), n0.end()), ref0(n0.size());
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < R0; r++)
+            for (int f = 0; f < F; f++) {
+                const int src = r < S0 ? r : S + (r - S0);
+                ref0[((size_t)b * R0 + r) * F + f] = ref[((size_t)b * R + src) * F + f];
+            }
+    allclose_report("feature stats: rows split over two ranks vs float64 reference", got0.data(), ref0.data(), (long)got0.size(), 1e-6, 0);
+}
+
+// fast_expf (model/common.h) on NaN, +-Inf and the clamp edges: NaN must come back as NaN with
+// no undefined float-to-int conversion on the way (the ASan/UBSan build checks
+// float-cast-overflow), and finite inputs stay within 2 ulp of expf
+static void test_fast_expf_edges(void) {
+    volatile float nan_in = NAN, inf_in = INFINITY; // volatile: no constant folding
+    check_true("fast_expf(NaN) is NaN", isnan(fast_expf(nan_in)));
+    check_true("fast_expf(-NaN) is NaN", isnan(fast_expf(-nan_in)));
+    check_true("fast_expf(-Inf) is 0", fast_expf(-inf_in) == 0.0f);
+    check_true("fast_expf(+Inf) is finite and large (clamped at 88)", isfinite(fast_expf(inf_in)) && fast_expf(inf_in) > 1e38f);
+    float xs[8] = {-86.9f, -50.0f, -10.0f, -0.5f, 0.0f, 0.7f, 20.0f, 88.0f}; // below -87 it is 0 by design
+    double worst = 0;
+    for (float x : xs) {
+        const double want = expf(x), got = fast_expf(x);
+        if (want > 0) worst = fmax(worst, fabs(got - want) / want);
+    }
+    check_true("fast_expf within 2.4e-7 relative of expf at the edges", worst < 2.4e-7);
 }
 
 static void test_gather_scatter(Rng* rng) {
@@ -199,6 +286,8 @@ int main(void) {
     test_layernorm(&rng);
     test_gelu(&rng);
     test_encoders(&rng);
+    test_feature_stats_robust(&rng);
+    test_fast_expf_edges();
     test_gather_scatter(&rng);
     test_crossentropy(&rng);
     test_optimizer(&rng);
