@@ -47,10 +47,12 @@ static inline void mosaic_exit(int code) {
 // user-facing error (bad flag, bad file): "mosaic: error: <message>"
 static inline void mosaic_fail(const char* fmt, ...) {
     if (mosaic_error_quiet) {
-        // rank 0 meets the same error and reports it: give it 10 s to print and end the job
-        // before this rank's abort could kill it mid-line
-        struct timespec wait = {10, 0};
-        nanosleep(&wait, NULL);
+        // under mpirun rank 0 meets the same error and reports it: give it 10 s to print and
+        // end the job before this rank's abort could kill it mid-line
+        if (mosaic_abort_hook) {
+            struct timespec wait = {10, 0};
+            nanosleep(&wait, NULL);
+        }
         mosaic_exit(1);
     }
     // one write: under mpirun, pieces of a line could interleave with other output

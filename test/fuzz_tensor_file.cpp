@@ -1,31 +1,11 @@
 // libFuzzer target: the named-tensor file reader (model/tensor_file.h) and what predict does with
 // an exported model: model_file_config (the shape from the tensors) and import_parameters into
 // a small model of that shape. Any input must end in a clean read or a mosaic_fail (longjmp here).
-#include "fuzz_util.h"
-#include "../model/model_file.h"
-
-static TabPFN* fuzz_small_model(void) {
-    // built once: E 8, heads 2, H 8, L 1, outputs 2 (the seed corpus holds its export)
-    static TabPFN model;
-    static int built = 0;
-    static Comm comm;
-    if (!built) {
-        comm_init_single(&comm);
-        ParallelConfig par = parallel_config_single(&comm);
-        TabPFNConfig c = tabpfn_config_default();
-        c.E = 8; c.heads = 2; c.H = 8; c.L = 1; c.outputs = 2;
-        ActivationCapacity cap;
-        memset(&cap, 0, sizeof(cap));
-        cap.max_B = 1; cap.max_F = 1; cap.max_rows = 4; cap.max_cells = 8; cap.max_inputs = 4; cap.max_R_global = 4;
-        tabpfn_build(&model, c, cap, 0, &par);
-        built = 1;
-    }
-    return &model;
-}
+#include "fuzz_model.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     mosaic_error_quiet = 1; // failures are expected: no error lines
-    TabPFN* model = fuzz_small_model();
+    TabPFN* model = fuzz_small_model(0);
     const char* path = fuzz_write_input(data, size, "tensor_file");
     static TensorFile file; // static: survives the longjmp
     memset(&file, 0, sizeof(file));
