@@ -53,6 +53,18 @@ static void compare_parameters(const char* what, const float* block, TensorFile*
     printf("%s: largest |difference| %.3g (key biases aside)\n", what, worst);
 }
 
+// `steps` optimizer steps on the uploaded batch: each step's loss and learning rate
+static void train_steps(float* losses, float* lrs, TabPFN* model, const OptimizerConfig* opt, int steps) {
+    for (int step = 0; step < steps; step++) {
+        lrs[step] = learning_rate_at(opt, step);
+        tabpfn_zero_grad(model);
+        tabpfn_forward(model);
+        losses[step] = model->mean_loss;
+        tabpfn_backward(model);
+        tabpfn_update(model, opt, step);
+    }
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DEBUG_STATE.bin (written by scripts/tabpfn_reference.py --write-debug-state)\n", argv[0]);
@@ -112,14 +124,7 @@ int main(int argc, char** argv) {
     const float* lrs = tensor_file_get(&state, "lrs", 10)->data;
     const float* ref_losses = tensor_file_get(&state, "train_losses", 10)->data;
     float losses[10], my_lrs[10];
-    for (int step = 0; step < 10; step++) {
-        my_lrs[step] = learning_rate_at(&opt, step);
-        tabpfn_zero_grad(&model);
-        tabpfn_forward(&model);
-        losses[step] = model.mean_loss;
-        tabpfn_backward(&model);
-        tabpfn_update(&model, &opt, step);
-    }
+    train_steps(losses, my_lrs, &model, &opt, 10);
     allclose_report("learning-rate schedule (warmup + cosine)", my_lrs, lrs, 10, 1e-9, 1e-6);
     allclose_report("losses of 10 AdamW steps", losses, ref_losses, 10, 1e-5, 0.0);
 
@@ -130,14 +135,7 @@ int main(int argc, char** argv) {
     tabpfn_optimizer_init(&model, OPT_SCHEDULEFREE);
     const float* sf_ref_lrs = tensor_file_get(&state, "sf_lrs", 10)->data;
     const float* sf_ref_losses = tensor_file_get(&state, "sf_losses", 10)->data;
-    for (int step = 0; step < 10; step++) {
-        my_lrs[step] = learning_rate_at(&sf, step);
-        tabpfn_zero_grad(&model);
-        tabpfn_forward(&model);
-        losses[step] = model.mean_loss;
-        tabpfn_backward(&model);
-        tabpfn_update(&model, &sf, step);
-    }
+    train_steps(losses, my_lrs, &model, &sf, 10);
     allclose_report("schedule-free learning rates (warmup, then constant)", my_lrs, sf_ref_lrs, 10, 1e-9, 1e-6);
     allclose_report("losses of 10 schedule-free AdamW steps", losses, sf_ref_losses, 10, 1e-5, 0.0);
     float* block = (float*)mallocCheck(model.num_parameters * sizeof(float));
