@@ -22,13 +22,12 @@ Usage:
 """
 import argparse
 import collections
-import os
 import sys
 
 import numpy as np
 
 from tensor_file import MAGIC as TENSOR_FILE_MAGIC
-from tensor_file import model_config_from_shapes, model_layout, read_tensor_file
+from tensor_file import model_config_from_shapes, model_layout, read_tensor_file, write_atomically
 
 CHECKPOINT_MAGIC = 0x4D53434B
 HEADER_INTS = 256
@@ -136,13 +135,9 @@ def main():
     # state_dict metadata survives torch.save/load; load_state_dict looks up module prefixes
     # only, so this entry is inert there and carries the heads to torch_to_mosaic.py
     state._metadata = collections.OrderedDict(mosaic={"heads": int(heads)})
-    tmp = args.out + ".partial"
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, args.out)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        write_atomically(args.out, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as e:  # torch.save reports a missing directory as RuntimeError
         fail(f"cannot write {args.out}: {e}")
     count = sum(t.numel() for t in state.values())
     heads_text = str(heads) if heads else "not recorded (give --heads to whoever loads it; nanoTabPFN's default is 4)"

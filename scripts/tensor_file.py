@@ -27,6 +27,19 @@ VERSION = 1
 HEADER_INTS = 256
 
 
+def write_atomically(path, write):
+    """write(tmp) to PATH.partial, then rename it onto path: a failed write leaves neither file
+    behind and never touches an older file of that name. The write's error propagates."""
+    tmp = path + ".partial"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_tensors(path, tensors, heads=0):
     """Write an ordered mapping name -> array-like (numpy array, list, detached CPU tensor);
     heads goes to header word 3 (an exported model's attention heads, 0: not recorded)."""

@@ -20,13 +20,12 @@ Usage:
   /usr/bin/python3 scripts/torch_to_mosaic.py IN.pt OUT.bin [--heads N]
 """
 import argparse
-import os
 import sys
 
 import numpy as np
 import torch
 
-from tensor_file import model_config_from_shapes, model_layout, write_tensors
+from tensor_file import model_config_from_shapes, model_layout, write_atomically, write_tensors
 
 
 def fail(message):
@@ -103,13 +102,9 @@ def main():
             fail(f"{args.state}: {name} holds NaN or Inf")
         tensors[name] = data
 
-    tmp = args.out + ".partial"
     try:
-        write_tensors(tmp, tensors, heads=heads)
-        os.replace(tmp, args.out)
+        write_atomically(args.out, lambda tmp: write_tensors(tmp, tensors, heads=heads))
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         fail(f"cannot write {args.out}: {e}")
     count = sum(t.size for t in tensors.values())
     heads_text = str(heads) if heads else "not recorded (predict assumes its --heads, default 4)"

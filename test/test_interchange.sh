@@ -187,7 +187,7 @@ fi
     bad "torch_to_mosaic of a wrapped, prefixed state_dict" "$TMP/conv.out"
 # expect_error NAME PATTERN SCRIPT IN: exit 1, one stderr line matching PATTERN, no output file left
 expect_error() {
-    local name=$1 pattern=$2 script=$3 in=$4 out="$TMP/refused.out"
+    local name=$1 pattern=$2 script=$3 in=$4 out=${5:-$TMP/refused.out}
     rm -f "$out" "$out.partial"
     "$PY" "scripts/$script" "$in" "$out" >/dev/null 2>"$TMP/err"
     local code=$? lines
@@ -207,5 +207,7 @@ head -c 3000 "$TMP/model.bin" >"$TMP/truncated.bin"
 expect_error "truncated export" "truncated" mosaic_to_torch.py "$TMP/truncated.bin"
 expect_error "a CSV, not a model" "neither a Mosaic exported model" mosaic_to_torch.py "$TMP/binary_train.csv"
 expect_error "missing model file" "cannot read" mosaic_to_torch.py "$TMP/none.bin"
+expect_error "output into a missing directory (torch.save)" "cannot write" mosaic_to_torch.py "$TMP/model.bin" "$TMP/no_dir/m.pt"
+expect_error "output into a missing directory (tensor file)" "cannot write" torch_to_mosaic.py "$TMP/model.pt" "$TMP/no_dir/m.bin"
 
 finish
