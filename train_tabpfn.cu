@@ -1175,7 +1175,11 @@ int main(int argc, char** argv) {
     long row_kb = comm_host_allreduce_max_long(&pl.world, isfinite(row_mb) ? (long)(row_mb * 1000.0) : -1);
     long wait_us = comm_host_allreduce_max_long(&pl.world, isfinite(wait_ms) ? (long)(wait_ms * 1000.0) : -1);
     double predicted_mb = 0.0;
-    for (int l = 0; l < args.model.L; l++) predicted_mb += row_strategy_bytes(pl.row_strategy[l], &pl.cost) / 1e6;
+    for (int l = 0; l < args.model.L; l++) {
+        RowCostInput layer_cost = pl.cost;
+        if (l == args.model.L - 1 && tabpfn_prunes_last_layer(&model)) layer_cost.C = 1; // the target column alone
+        predicted_mb += row_strategy_bytes(pl.row_strategy[l], &layer_cost) / 1e6;
+    }
     if (root) {
         char final_loss[32], last[32], ms[32], rate[32], auc[32], acc[32], rmb[32], wms[32];
         json_number(final_loss, sizeof(final_loss), loss_tail_count ? loss_tail_sum / loss_tail_count : NAN);

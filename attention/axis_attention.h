@@ -40,6 +40,29 @@ static void feature_attention_backward(float* dqkv, const float* dout, const flo
                              qkv_layout, o_layout, B * R, heads, C, C, d, 1.0f / sqrtf((float)d));
 }
 
+// The pruned last layer (model/tabpfn.h): only the target cell of each row queries; keys and
+// values still come from every cell of the row. One query per sequence:
+// o, q (B*R, E); kv (B, R, C, 2E) with k at offset 0 and v at E of each cell; lse (B*R, heads)
+static void feature_attention_target_forward(float* o, float* lse, const float* q, const float* kv, int B, int R,
+                                             int C, int E, int heads) {
+    int d = E / heads;
+    AxisLayout q_layout = feature_axis_layout(1, E), kv_layout = feature_axis_layout(C, 2 * E);
+    flash_attention_forward(o, lse, q, kv, kv + E, q_layout, kv_layout, q_layout, B * R, heads, 1, C, d,
+                            1.0f / sqrtf((float)d));
+}
+
+// dq (B*R, E) and dkv (B, R, C, 2E) are overwritten
+static void feature_attention_target_backward(float* dq, float* dkv, const float* dout, const float* o,
+                                              const float* lse, const float* q, const float* kv, int B, int R, int C,
+                                              int E, int heads) {
+    int d = E / heads;
+    AxisLayout q_layout = feature_axis_layout(1, E), kv_layout = feature_axis_layout(C, 2 * E);
+    device_memset_zero(dq, (size_t)B * R * E * sizeof(float));
+    device_memset_zero(dkv, (size_t)B * R * C * 2 * E * sizeof(float));
+    flash_attention_backward(dq, dkv, dkv + E, dout, o, lse, q, kv, kv + E, q_layout, kv_layout, q_layout, B * R, heads,
+                             1, C, d, 1.0f / sqrtf((float)d));
+}
+
 // The row axis with whole tables on this rank ("local" strategy): all R rows query the
 // train rows [0, S). o (B, R, C, E), lse (B*C, heads, R), qkv (B, R, C, 3E)
 static void row_attention_local_forward(float* o, float* lse, const float* qkv, int B, int R, int C, int S, int E,

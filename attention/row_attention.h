@@ -43,6 +43,18 @@ static int row_attention_keeps_state(RowStrategy strategy) {
     }
 }
 
+// whether the strategy can run a batch of B datasets x C columns on its group: a2a spreads the
+// B*C*heads (dataset, column, head) problems over its ranks, at least one each (composed and
+// hierarchical with an a2a inner strategy over the grid's row group)
+static int row_attention_fits_columns(const RowAttention* ra, int B, int C) {
+    int spread = 1;
+    if (ra->group->size > 1 && ra->strategy == ROW_A2A) spread = ra->group->size;
+    if (ra->group->size > 1 && (ra->strategy == ROW_COMPOSED || ra->strategy == ROW_HIERARCHICAL) &&
+        ra->inner == ROW_A2A && ra->mesh_row)
+        spread = ra->mesh_row->size;
+    return (long)B * C * ra->heads >= spread;
+}
+
 // the batch's local and global row counts; every rank of the group calls this alike
 static void row_attention_set_batch(RowAttention* ra, int B, int R, int C, int S, int S_global, int T_global) {
     ra->B = B;

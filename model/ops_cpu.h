@@ -363,6 +363,20 @@ static void scatter_target_test_rows(T* dx, const T* dout, int B, int R, int C, 
             memcpy(dx + (((long)b * R + S + i) * C + C - 1) * E, dout + ((long)b * T_rows + i) * E, E * sizeof(T));
 }
 
+// dx[b, S + i, C - 1, :] += dout[b, i, :]: the gathered cells' gradient added into a buffer
+// that already holds others (the pruned last layer's residuals); dx (B, R, C, E), dout (B, R-S, E)
+template <typename T>
+static void add_target_test_rows(T* dx, const T* dout, int B, int R, int C, int S, int E) {
+    const int T_rows = R - S;
+#pragma omp parallel for schedule(static)
+    for (long row = 0; row < (long)B * T_rows; row++) {
+        const long b = row / T_rows, i = row % T_rows;
+        T* to = dx + ((b * R + S + i) * C + C - 1) * E;
+        const T* from = dout + row * E;
+        for (int e = 0; e < E; e++) to[e] += from[e];
+    }
+}
+
 // ----------------------------------------------------------------------------
 // softmax cross-entropy over the test rows
 

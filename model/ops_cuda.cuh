@@ -653,6 +653,26 @@ static inline void scatter_target_test_rows(float* dx, const float* dout, int B,
                       S, E, n);
 }
 
+static __global__ void __launch_bounds__(ELEMENTWISE_BLOCK)
+add_target_test_rows_kernel(float* dx, const float* dout, int R, int C, int S, int E, long n) {
+    const int T_rows = R - S;
+    GRID_STRIDE_LOOP(i, n) {
+        const int e = (int)(i % E);
+        const long row = i / E; // b * T_rows + test row
+        const long b = row / T_rows;
+        const int t = (int)(row % T_rows);
+        dx[((b * R + S + t) * C + C - 1) * E + e] += dout[i];
+    }
+}
+
+static inline void add_target_test_rows(float* dx, const float* dout, int B, int R, int C, int S, int E) {
+    // dx[b, S + i, C - 1, :] += dout[b, i, :]; dx (B, R, C, E), dout (B, R-S, E)
+    const long n = (long)B * (R - S) * E;
+    if (n > 0)
+        MOSAIC_LAUNCH(add_target_test_rows_kernel, elementwise_grid(n), ELEMENTWISE_BLOCK, 0, mosaic_stream, dx, dout, R, C, S,
+                      E, n);
+}
+
 // ----------------------------------------------------------------------------
 // softmax cross-entropy over the test rows
 

@@ -268,6 +268,7 @@ typedef struct {
     int S_global, T_global; // train and test rows of the whole tables
     double num_test_rows; // over every rank: the loss's denominator
     float mean_loss;      // of the last forward
+    int prune_last_layer; // the last layer computes only what reaches the decoder (tabpfn_forward); 1 by default
 } TabPFN;
 
 // ----------------------------------------------------------------------------
@@ -319,6 +320,7 @@ static void tabpfn_build(TabPFN* model, TabPFNConfig config, ActivationCapacity 
     model->seq_comm = par->seq;
     model->world_comm = par->world;
     model->cap = cap;
+    model->prune_last_layer = 1;
     const TabPFNConfig c = config;
     const long N = cap.max_cells, BR = cap.max_rows;
     const int E = c.E, H = c.H, L = c.L, K = c.outputs, h = c.heads;
@@ -470,12 +472,138 @@ static void tabpfn_set_global_rows(TabPFN* model, int S_global, int T_global) {
 
 // ----------------------------------------------------------------------------
 // forward: encoders, L layers, decoder, loss. Fills model->mean_loss.
+//
+// Only the target column of the test rows reaches the decoder, so the last layer computes
+// what that needs and nothing else (model->prune_last_layer, on unless a test turns it off):
+// its feature attention takes queries from the target cell of each row (keys and values from
+// every cell), its row attention runs on the target column alone (a one-column table), and its
+// out projection, MLP and LayerNorms run on the test rows' target cells. That is about two
+// thirds of the last layer's work, the same on every build and strategy.
+
+// one layer's activations: layer l's slices of the arena (inference: every layer in slice 0)
+typedef struct {
+    float *fa_qkv, *fa_o, *fa_lse, *fa_res, *ln1, *ln1_mean, *ln1_rstd;
+    float *ra_qkv, *ra_o, *ra_lse, *ra_res, *ln2, *ln2_mean, *ln2_rstd;
+    float *fc1, *fc1_gelu, *mlp_res, *ln3, *ln3_mean, *ln3_rstd;
+} LayerActivations;
+
+static LayerActivations layer_activations(const TabPFN* model, int l) {
+    const TabPFNConfig c = model->config;
+    const ActivationTensors a = model->acts;
+    const long N = (long)model->B * model->R * (model->F + 1), E = c.E, H = c.H, h = c.heads;
+    const long lN = (model->grads_memory ? l : 0) * N;
+    LayerActivations la = {
+        a.fa_qkv + lN * 3 * E, a.fa_o + lN * E, a.fa_lse + lN * h, a.fa_res + lN * E, a.ln1 + lN * E,
+        a.ln1_mean + lN, a.ln1_rstd + lN,
+        a.ra_qkv + lN * 3 * E, a.ra_o + lN * E, a.ra_lse + lN * h, a.ra_res + lN * E, a.ln2 + lN * E,
+        a.ln2_mean + lN, a.ln2_rstd + lN,
+        a.fc1 + lN * H, a.fc1_gelu + lN * H, a.mlp_res + lN * E, a.ln3 + lN * E, a.ln3_mean + lN, a.ln3_rstd + lN,
+    };
+    return la;
+}
+
+// The pruned last layer's tensors, carved from the same slices (each fits: B*R <= N cells,
+// and C >= 2 so two (B*R, E) pieces fit in one (N, E) slice).
+//   fa_kv (B, R, C, 2E)  keys and values of every cell      fa_q (B*R, E) target-cell queries
+//   xt (B*R, E)          the layer input's target column     fa_res_t, ln1_t (B*R, E)
+//   ra_qkv_t (B*R, 3E), ra_o_t (B*R, E)  row attention on the target column, every row
+//   ra_o_test, ln1_test, ra_res_t, ln2_t, mlp_res_t (B*T, E); fc1_t, fc1_gelu_t (B*T, H)
+//   the LayerNorm3 output is model->acts.dec_in (B*T, E), the decoder's input
+typedef struct {
+    float *fa_kv, *fa_q, *xt, *fa_res_t, *ln1_t, *ra_qkv_t, *ra_o_t, *ra_o_test, *ln1_test, *ra_res_t;
+    float *ln2_t, *fc1_t, *fc1_gelu_t, *mlp_res_t;
+} TargetLayerActivations;
+
+static TargetLayerActivations target_layer_activations(const LayerActivations* la, long N, long BR, int E) {
+    TargetLayerActivations t = {
+        la->fa_qkv, la->fa_qkv + N * 2 * E, la->fa_res + BR * E, la->fa_res, la->ln1, la->ra_qkv, la->ra_o,
+        la->ra_res + BR * E, la->mlp_res, la->ra_res, la->ln2, la->fc1, la->fc1_gelu, la->mlp_res,
+    };
+    return t;
+}
+
+// whether this batch runs the pruned last layer: asked for, and the last layer's row strategy
+// can spread a one-column table over its group (else the whole layer runs)
+static int tabpfn_prunes_last_layer(const TabPFN* model) {
+    return model->prune_last_layer && row_attention_fits_columns(&model->row_attn[model->config.L - 1], model->B, 1);
+}
+
+// layer l on every cell: x (N, E) in, la.ln3 (N, E) out
+static void layer_forward(TabPFN* model, int l, const float* x) {
+    const TabPFNConfig c = model->config;
+    const int B = model->B, R = model->R, C = model->F + 1, S = model->S;
+    const int E = c.E, H = c.H, h = c.heads;
+    const long N = (long)B * R * C;
+    const ParameterTensors p = model->params;
+    const LayerActivations la = layer_activations(model, l);
+
+    // attention between features: each row's C cells attend to each other
+    matmul_forward(la.fa_qkv, x, p.fa_in_w + (long)l * 3 * E * E, p.fa_in_b + l * 3 * E, N, E, 3 * E);
+    feature_attention_forward(la.fa_o, la.fa_lse, la.fa_qkv, B, R, C, E, h);
+    matmul_forward(la.fa_res, la.fa_o, p.fa_out_w + (long)l * E * E, p.fa_out_b + l * E, N, E, E);
+    add_inplace(la.fa_res, x, N * E);
+    layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, la.fa_res, p.ln1_w + l * E, p.ln1_b + l * E, N, E);
+
+    // attention between rows: every row queries the train rows
+    matmul_forward(la.ra_qkv, la.ln1, p.ra_in_w + (long)l * 3 * E * E, p.ra_in_b + l * 3 * E, N, E, 3 * E);
+    row_attention_set_batch(&model->row_attn[l], B, R, C, S, model->S_global, model->T_global);
+    row_attention_forward(&model->row_attn[l], la.ra_o, la.ra_lse, la.ra_qkv);
+    matmul_forward(la.ra_res, la.ra_o, p.ra_out_w + (long)l * E * E, p.ra_out_b + l * E, N, E, E);
+    add_inplace(la.ra_res, la.ln1, N * E);
+    layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.ra_res, p.ln2_w + l * E, p.ln2_b + l * E, N, E);
+
+    // MLP
+    matmul_forward(la.fc1, la.ln2, p.fc1_w + (long)l * H * E, p.fc1_b + l * H, N, E, H);
+    gelu_forward(la.fc1_gelu, la.fc1, N * H);
+    matmul_forward(la.mlp_res, la.fc1_gelu, p.fc2_w + (long)l * E * H, p.fc2_b + l * E, N, H, E);
+    add_inplace(la.mlp_res, la.ln2, N * E);
+    layernorm_forward(la.ln3, la.ln3_mean, la.ln3_rstd, la.mlp_res, p.ln3_w + l * E, p.ln3_b + l * E, N, E);
+}
+
+// the pruned last layer l: x (N, E) in, the test rows' target cells (B*T, E) out into dec_in
+static void last_layer_target_forward(TabPFN* model, int l, const float* x, float* dec_in) {
+    const TabPFNConfig c = model->config;
+    const int B = model->B, R = model->R, C = model->F + 1, S = model->S;
+    const int E = c.E, H = c.H, h = c.heads;
+    const long N = (long)B * R * C, BR = (long)B * R, BT = (long)B * (R - S);
+    const ParameterTensors p = model->params;
+    const LayerActivations la = layer_activations(model, l);
+    const TargetLayerActivations t = target_layer_activations(&la, N, BR, E);
+    const float* w_in = p.fa_in_w + (long)l * 3 * E * E; // rows [0, E) q, [E, 3E) k and v
+    const float* b_in = p.fa_in_b + l * 3 * E;
+
+    // feature attention: keys and values from every cell, queries from the target cell
+    matmul_forward(t.fa_kv, x, w_in + (long)E * E, b_in + E, N, E, 2 * E);
+    gather_target_test_rows(t.xt, x, B, R, C, 0, E);
+    matmul_forward(t.fa_q, t.xt, w_in, b_in, BR, E, E);
+    feature_attention_target_forward(la.fa_o, la.fa_lse, t.fa_q, t.fa_kv, B, R, C, E, h);
+    matmul_forward(t.fa_res_t, la.fa_o, p.fa_out_w + (long)l * E * E, p.fa_out_b + l * E, BR, E, E);
+    add_inplace(t.fa_res_t, t.xt, BR * E);
+    layernorm_forward(t.ln1_t, la.ln1_mean, la.ln1_rstd, t.fa_res_t, p.ln1_w + l * E, p.ln1_b + l * E, BR, E);
+
+    // row attention on the target column: a table of one column
+    matmul_forward(t.ra_qkv_t, t.ln1_t, p.ra_in_w + (long)l * 3 * E * E, p.ra_in_b + l * 3 * E, BR, E, 3 * E);
+    row_attention_set_batch(&model->row_attn[l], B, R, 1, S, model->S_global, model->T_global);
+    row_attention_forward(&model->row_attn[l], t.ra_o_t, la.ra_lse, t.ra_qkv_t);
+    gather_target_test_rows(t.ra_o_test, t.ra_o_t, B, R, 1, S, E);
+    matmul_forward(t.ra_res_t, t.ra_o_test, p.ra_out_w + (long)l * E * E, p.ra_out_b + l * E, BT, E, E);
+    gather_target_test_rows(t.ln1_test, t.ln1_t, B, R, 1, S, E);
+    add_inplace(t.ra_res_t, t.ln1_test, BT * E);
+    layernorm_forward(t.ln2_t, la.ln2_mean, la.ln2_rstd, t.ra_res_t, p.ln2_w + l * E, p.ln2_b + l * E, BT, E);
+
+    // MLP on the test rows' target cells (mlp_res_t overwrites ln1_test, read above)
+    matmul_forward(t.fc1_t, t.ln2_t, p.fc1_w + (long)l * H * E, p.fc1_b + l * H, BT, E, H);
+    gelu_forward(t.fc1_gelu_t, t.fc1_t, BT * H);
+    matmul_forward(t.mlp_res_t, t.fc1_gelu_t, p.fc2_w + (long)l * E * H, p.fc2_b + l * E, BT, H, E);
+    add_inplace(t.mlp_res_t, t.ln2_t, BT * E);
+    layernorm_forward(dec_in, la.ln3_mean, la.ln3_rstd, t.mlp_res_t, p.ln3_w + l * E, p.ln3_b + l * E, BT, E);
+}
 
 static void tabpfn_forward(TabPFN* model) {
     const TabPFNConfig c = model->config;
     const int B = model->B, R = model->R, F = model->F, S = model->S, C = F + 1;
-    const int E = c.E, H = c.H, h = c.heads, K = c.outputs;
-    const long N = (long)B * R * C, T = (long)B * (R - S);
+    const int E = c.E, H = c.H, K = c.outputs;
+    const long T = (long)B * (R - S);
     const ParameterTensors p = model->params;
     const ActivationTensors a = model->acts;
 
@@ -494,50 +622,20 @@ static void tabpfn_forward(TabPFN* model) {
     scalar_embed_forward(a.encoded, a.xnorm, p.fe_w, p.fe_b, (long)B * R, F, 0, C, E);
     scalar_embed_forward(a.encoded, a.ynorm, p.te_w, p.te_b, (long)B * R, 1, F, C, E);
 
+    // the layers; the decoder reads the target column of the test rows
+    const int pruned = tabpfn_prunes_last_layer(model);
     const float* x = a.encoded; // (N, E) layer input
     for (int l = 0; l < c.L; l++) {
-        const long lN = (model->grads_memory ? l : 0) * N; // inference: every layer in one set of buffers
-        float* fa_qkv = a.fa_qkv + lN * 3 * E;
-        float* fa_o = a.fa_o + lN * E;
-        float* fa_lse = a.fa_lse + lN * h;
-        float* fa_res = a.fa_res + lN * E;
-        float* ln1 = a.ln1 + lN * E;
-        float* ra_qkv = a.ra_qkv + lN * 3 * E;
-        float* ra_o = a.ra_o + lN * E;
-        float* ra_lse = a.ra_lse + lN * h;
-        float* ra_res = a.ra_res + lN * E;
-        float* ln2 = a.ln2 + lN * E;
-        float* fc1 = a.fc1 + lN * H;
-        float* fc1_gelu = a.fc1_gelu + lN * H;
-        float* mlp_res = a.mlp_res + lN * E;
-        float* ln3 = a.ln3 + lN * E;
-
-        // attention between features: each row's C cells attend to each other
-        matmul_forward(fa_qkv, x, p.fa_in_w + (long)l * 3 * E * E, p.fa_in_b + l * 3 * E, N, E, 3 * E);
-        feature_attention_forward(fa_o, fa_lse, fa_qkv, B, R, C, E, h);
-        matmul_forward(fa_res, fa_o, p.fa_out_w + (long)l * E * E, p.fa_out_b + l * E, N, E, E);
-        add_inplace(fa_res, x, N * E);
-        layernorm_forward(ln1, a.ln1_mean + lN, a.ln1_rstd + lN, fa_res, p.ln1_w + l * E, p.ln1_b + l * E, N, E);
-
-        // attention between rows: every row queries the train rows
-        matmul_forward(ra_qkv, ln1, p.ra_in_w + (long)l * 3 * E * E, p.ra_in_b + l * 3 * E, N, E, 3 * E);
-        row_attention_set_batch(&model->row_attn[l], B, R, C, S, model->S_global, model->T_global);
-        row_attention_forward(&model->row_attn[l], ra_o, ra_lse, ra_qkv);
-        matmul_forward(ra_res, ra_o, p.ra_out_w + (long)l * E * E, p.ra_out_b + l * E, N, E, E);
-        add_inplace(ra_res, ln1, N * E);
-        layernorm_forward(ln2, a.ln2_mean + lN, a.ln2_rstd + lN, ra_res, p.ln2_w + l * E, p.ln2_b + l * E, N, E);
-
-        // MLP
-        matmul_forward(fc1, ln2, p.fc1_w + (long)l * H * E, p.fc1_b + l * H, N, E, H);
-        gelu_forward(fc1_gelu, fc1, N * H);
-        matmul_forward(mlp_res, fc1_gelu, p.fc2_w + (long)l * E * H, p.fc2_b + l * E, N, H, E);
-        add_inplace(mlp_res, ln2, N * E);
-        layernorm_forward(ln3, a.ln3_mean + lN, a.ln3_rstd + lN, mlp_res, p.ln3_w + l * E, p.ln3_b + l * E, N, E);
-        x = ln3;
+        if (l == c.L - 1 && pruned) {
+            last_layer_target_forward(model, l, x, a.dec_in);
+        } else {
+            layer_forward(model, l, x);
+            x = layer_activations(model, l).ln3;
+        }
     }
+    if (!pruned) gather_target_test_rows(a.dec_in, x, B, R, C, S, E);
 
-    // decoder on the target column of the test rows, then the loss
-    gather_target_test_rows(a.dec_in, x, B, R, C, S, E);
+    // decoder, then the loss
     matmul_forward(a.dec_h, a.dec_in, p.dec1_w, p.dec1_b, T, E, H);
     gelu_forward(a.dec_gelu, a.dec_h, T * H);
     matmul_forward(a.logits, a.dec_gelu, p.dec2_w, p.dec2_b, T, H, K);
@@ -562,12 +660,106 @@ static void tabpfn_zero_grad(TabPFN* model) {
     device_memset_zero(model->grads_memory, model->num_parameters * sizeof(float));
 }
 
+// layer l on every cell: d.dx (N, E) holds the gradient of its output and gets that of its
+// input x (N, E)
+static void layer_backward(TabPFN* model, int l, const float* x) {
+    const TabPFNConfig c = model->config;
+    const int B = model->B, R = model->R, C = model->F + 1;
+    const int E = c.E, H = c.H, h = c.heads;
+    const long N = (long)B * R * C;
+    const ParameterTensors p = model->params;
+    const ParameterTensors g = model->grads;
+    const GradActTensors d = model->dacts;
+    const LayerActivations la = layer_activations(model, l);
+
+    // LayerNorm3 and MLP: d(ln2) = dres + MLP'(dres)
+    layernorm_backward(d.dres, g.ln3_w + l * E, g.ln3_b + l * E, d.dx, la.mlp_res, p.ln3_w + l * E, la.ln3_mean,
+                       la.ln3_rstd, N, E);
+    matmul_backward(d.dh_gelu, g.fc2_w + (long)l * E * H, g.fc2_b + l * E, d.dres, la.fc1_gelu, p.fc2_w + (long)l * E * H,
+                    N, H, E);
+    gelu_backward(d.dh, la.fc1, d.dh_gelu, N * H);
+    matmul_backward(d.dtmp, g.fc1_w + (long)l * H * E, g.fc1_b + l * H, d.dh, la.ln2, p.fc1_w + (long)l * H * E, N, E, H);
+    residual_forward(d.dx, d.dres, d.dtmp, N * E);
+
+    // LayerNorm2 and row attention: d(ln1) = dres + attention'(dres)
+    layernorm_backward(d.dres, g.ln2_w + l * E, g.ln2_b + l * E, d.dx, la.ra_res, p.ln2_w + l * E, la.ln2_mean,
+                       la.ln2_rstd, N, E);
+    matmul_backward(d.dattn, g.ra_out_w + (long)l * E * E, g.ra_out_b + l * E, d.dres, la.ra_o,
+                    p.ra_out_w + (long)l * E * E, N, E, E);
+    row_attention_backward(&model->row_attn[l], d.dqkv, d.dattn, la.ra_o, la.ra_lse, la.ra_qkv);
+    matmul_backward(d.dtmp, g.ra_in_w + (long)l * 3 * E * E, g.ra_in_b + l * 3 * E, d.dqkv, la.ln1,
+                    p.ra_in_w + (long)l * 3 * E * E, N, E, 3 * E);
+    residual_forward(d.dx, d.dres, d.dtmp, N * E);
+
+    // LayerNorm1 and feature attention: d(x) = dres + attention'(dres)
+    layernorm_backward(d.dres, g.ln1_w + l * E, g.ln1_b + l * E, d.dx, la.fa_res, p.ln1_w + l * E, la.ln1_mean,
+                       la.ln1_rstd, N, E);
+    matmul_backward(d.dattn, g.fa_out_w + (long)l * E * E, g.fa_out_b + l * E, d.dres, la.fa_o,
+                    p.fa_out_w + (long)l * E * E, N, E, E);
+    feature_attention_backward(d.dqkv, d.dattn, la.fa_o, la.fa_lse, la.fa_qkv, B, R, C, E, h);
+    matmul_backward(d.dtmp, g.fa_in_w + (long)l * 3 * E * E, g.fa_in_b + l * 3 * E, d.dqkv, x,
+                    p.fa_in_w + (long)l * 3 * E * E, N, E, 3 * E);
+    residual_forward(d.dx, d.dres, d.dtmp, N * E);
+}
+
+// the pruned last layer l in reverse: ddec_in (B*T, E) holds the gradient of its output, d.dx
+// (N, E) gets that of its input x. Buffers: d.dx, d.dres, d.dtmp hold (B*T, E) then (B*R, E)
+// pieces; d.dqkv holds dkv (B, R, C, 2E) then dq (B*R, E).
+static void last_layer_target_backward(TabPFN* model, int l, const float* x, const float* ddec_in) {
+    const TabPFNConfig c = model->config;
+    const int B = model->B, R = model->R, C = model->F + 1, S = model->S;
+    const int E = c.E, H = c.H, h = c.heads;
+    const long N = (long)B * R * C, BR = (long)B * R, BT = (long)B * (R - S);
+    const ParameterTensors p = model->params;
+    const ParameterTensors g = model->grads;
+    const GradActTensors d = model->dacts;
+    const LayerActivations la = layer_activations(model, l);
+    const TargetLayerActivations t = target_layer_activations(&la, N, BR, E);
+    float* dkv = d.dqkv;               // (B, R, C, 2E)
+    float* dq = d.dqkv + N * 2 * E;    // (B*R, E)
+
+    // LayerNorm3 and MLP on the test rows' target cells: d(ln2_t) into d.dx (B*T, E)
+    layernorm_backward(d.dres, g.ln3_w + l * E, g.ln3_b + l * E, ddec_in, t.mlp_res_t, p.ln3_w + l * E, la.ln3_mean,
+                       la.ln3_rstd, BT, E);
+    matmul_backward(d.dh_gelu, g.fc2_w + (long)l * E * H, g.fc2_b + l * E, d.dres, t.fc1_gelu_t,
+                    p.fc2_w + (long)l * E * H, BT, H, E);
+    gelu_backward(d.dh, t.fc1_t, d.dh_gelu, BT * H);
+    matmul_backward(d.dtmp, g.fc1_w + (long)l * H * E, g.fc1_b + l * H, d.dh, t.ln2_t, p.fc1_w + (long)l * H * E, BT, E,
+                    H);
+    residual_forward(d.dx, d.dres, d.dtmp, BT * E);
+
+    // LayerNorm2 and the one-column row attention: d(ln1_t) (B*R, E) into d.dtmp
+    layernorm_backward(d.dres, g.ln2_w + l * E, g.ln2_b + l * E, d.dx, t.ra_res_t, p.ln2_w + l * E, la.ln2_mean,
+                       la.ln2_rstd, BT, E);
+    matmul_backward(d.dtmp, g.ra_out_w + (long)l * E * E, g.ra_out_b + l * E, d.dres, t.ra_o_test,
+                    p.ra_out_w + (long)l * E * E, BT, E, E);
+    scatter_target_test_rows(d.dattn, d.dtmp, B, R, 1, S, E); // train rows' outputs reach nothing
+    row_attention_backward(&model->row_attn[l], d.dqkv, d.dattn, t.ra_o_t, la.ra_lse, t.ra_qkv_t);
+    matmul_backward(d.dtmp, g.ra_in_w + (long)l * 3 * E * E, g.ra_in_b + l * 3 * E, d.dqkv, t.ln1_t,
+                    p.ra_in_w + (long)l * 3 * E * E, BR, E, 3 * E);
+    add_target_test_rows(d.dtmp, d.dres, B, R, 1, S, E); // the residual, test rows only
+
+    // LayerNorm1 and the target-query feature attention: d(x) (N, E) into d.dx
+    layernorm_backward(d.dres, g.ln1_w + l * E, g.ln1_b + l * E, d.dtmp, t.fa_res_t, p.ln1_w + l * E, la.ln1_mean,
+                       la.ln1_rstd, BR, E);
+    matmul_backward(d.dattn, g.fa_out_w + (long)l * E * E, g.fa_out_b + l * E, d.dres, la.fa_o,
+                    p.fa_out_w + (long)l * E * E, BR, E, E);
+    feature_attention_target_backward(dq, dkv, d.dattn, la.fa_o, la.fa_lse, t.fa_q, t.fa_kv, B, R, C, E, h);
+    const float* w_in = p.fa_in_w + (long)l * 3 * E * E;
+    float* gw_in = g.fa_in_w + (long)l * 3 * E * E;
+    float* gb_in = g.fa_in_b + l * 3 * E;
+    matmul_backward(d.dx, gw_in + (long)E * E, gb_in + E, dkv, x, w_in + (long)E * E, N, E, 2 * E);
+    matmul_backward(d.dtmp, gw_in, gb_in, dq, t.xt, w_in, BR, E, E);
+    add_inplace(d.dtmp, d.dres, BR * E); // the residual into the target cells
+    add_target_test_rows(d.dx, d.dtmp, B, R, C, 0, E);
+}
+
 static void tabpfn_backward(TabPFN* model) {
     MOSAIC_CHECK(model->grads_memory != NULL, "model built without training buffers (train = 0)");
     const TabPFNConfig c = model->config;
     const int B = model->B, R = model->R, F = model->F, S = model->S, C = F + 1;
-    const int E = c.E, H = c.H, h = c.heads, K = c.outputs;
-    const long N = (long)B * R * C, T = (long)B * (R - S);
+    const int E = c.E, H = c.H, K = c.outputs;
+    const long T = (long)B * (R - S);
     const ParameterTensors p = model->params;
     const ParameterTensors g = model->grads;
     const ActivationTensors a = model->acts;
@@ -578,44 +770,13 @@ static void tabpfn_backward(TabPFN* model) {
     matmul_backward(d.ddec_gelu, g.dec2_w, g.dec2_b, d.dlogits, a.dec_gelu, p.dec2_w, T, H, K);
     gelu_backward(d.ddec_h, a.dec_h, d.ddec_gelu, T * H);
     matmul_backward(d.ddec_in, g.dec1_w, g.dec1_b, d.ddec_h, a.dec_in, p.dec1_w, T, E, H);
-    scatter_target_test_rows(d.dx, d.ddec_in, B, R, C, S, E);
 
+    const int pruned = tabpfn_prunes_last_layer(model);
+    if (!pruned) scatter_target_test_rows(d.dx, d.ddec_in, B, R, C, S, E);
     for (int l = c.L - 1; l >= 0; l--) {
-        const long lN = l * N;
-        const float* x = l == 0 ? a.encoded : a.ln3 + (lN - N) * E; // this layer's input
-        const float* ln1 = a.ln1 + lN * E;
-        const float* ln2 = a.ln2 + lN * E;
-
-        // LayerNorm3 and MLP: d(ln2) = dres + MLP'(dres)
-        layernorm_backward(d.dres, g.ln3_w + l * E, g.ln3_b + l * E, d.dx, a.mlp_res + lN * E, p.ln3_w + l * E,
-                           a.ln3_mean + lN, a.ln3_rstd + lN, N, E);
-        matmul_backward(d.dh_gelu, g.fc2_w + (long)l * E * H, g.fc2_b + l * E, d.dres, a.fc1_gelu + lN * H,
-                        p.fc2_w + (long)l * E * H, N, H, E);
-        gelu_backward(d.dh, a.fc1 + lN * H, d.dh_gelu, N * H);
-        matmul_backward(d.dtmp, g.fc1_w + (long)l * H * E, g.fc1_b + l * H, d.dh, ln2, p.fc1_w + (long)l * H * E, N, E, H);
-        residual_forward(d.dx, d.dres, d.dtmp, N * E);
-
-        // LayerNorm2 and row attention: d(ln1) = dres + attention'(dres)
-        layernorm_backward(d.dres, g.ln2_w + l * E, g.ln2_b + l * E, d.dx, a.ra_res + lN * E, p.ln2_w + l * E,
-                           a.ln2_mean + lN, a.ln2_rstd + lN, N, E);
-        matmul_backward(d.dattn, g.ra_out_w + (long)l * E * E, g.ra_out_b + l * E, d.dres, a.ra_o + lN * E,
-                        p.ra_out_w + (long)l * E * E, N, E, E);
-        row_attention_backward(&model->row_attn[l], d.dqkv, d.dattn, a.ra_o + lN * E, a.ra_lse + lN * h,
-                               a.ra_qkv + lN * 3 * E);
-        matmul_backward(d.dtmp, g.ra_in_w + (long)l * 3 * E * E, g.ra_in_b + l * 3 * E, d.dqkv, ln1,
-                        p.ra_in_w + (long)l * 3 * E * E, N, E, 3 * E);
-        residual_forward(d.dx, d.dres, d.dtmp, N * E);
-
-        // LayerNorm1 and feature attention: d(x) = dres + attention'(dres)
-        layernorm_backward(d.dres, g.ln1_w + l * E, g.ln1_b + l * E, d.dx, a.fa_res + lN * E, p.ln1_w + l * E,
-                           a.ln1_mean + lN, a.ln1_rstd + lN, N, E);
-        matmul_backward(d.dattn, g.fa_out_w + (long)l * E * E, g.fa_out_b + l * E, d.dres, a.fa_o + lN * E,
-                        p.fa_out_w + (long)l * E * E, N, E, E);
-        feature_attention_backward(d.dqkv, d.dattn, a.fa_o + lN * E, a.fa_lse + lN * h, a.fa_qkv + lN * 3 * E, B, R,
-                                   C, E, h);
-        matmul_backward(d.dtmp, g.fa_in_w + (long)l * 3 * E * E, g.fa_in_b + l * 3 * E, d.dqkv, x,
-                        p.fa_in_w + (long)l * 3 * E * E, N, E, 3 * E);
-        residual_forward(d.dx, d.dres, d.dtmp, N * E);
+        const float* x = l == 0 ? a.encoded : layer_activations(model, l - 1).ln3; // this layer's input
+        if (l == c.L - 1 && pruned) last_layer_target_backward(model, l, x, d.ddec_in);
+        else layer_backward(model, l, x);
     }
 
     // encoders: the inputs are data, so only the Linear(1 -> E) weights get gradients

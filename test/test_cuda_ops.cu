@@ -286,6 +286,12 @@ static void test_target_rows(int B, int R, int C, int S, int E) {
     gpu::scatter_target_test_rows(d_dx.p, d_dout.p, B, R, C, S, E);
     check("gather_target_test_rows " + tag, d_out.get(), out, 0, 0);
     check("scatter_target_test_rows " + tag, d_dx.get(), dx, 0, 0);
+    // add into a buffer that already holds values elsewhere
+    std::vector<float> acc = x;
+    add_target_test_rows(acc.data(), dout.data(), B, R, C, S, E);
+    DevF d_acc(x);
+    gpu::add_target_test_rows(d_acc.p, d_dout.p, B, R, C, S, E);
+    check("add_target_test_rows " + tag, d_acc.get(), acc, 0, 0);
 }
 
 static void test_crossentropy(int B, int R, int S, int K) {
@@ -513,6 +519,8 @@ int main(void) {
         test_target_rows(2, 20, 6, 13, 96);
         test_target_rows(3, 9, 4, 5, 7);
         test_target_rows(2, 10, 6, 10, 8); // no test rows
+        test_target_rows(2, 9, 1, 4, 8);   // one column (the pruned last layer's row axis)
+        test_target_rows(2, 7, 5, 0, 8);   // every row (the pruned last layer's target column)
         // cross-entropy: K = 3, K above a warp, no test rows
         test_crossentropy(2, 20, 13, 3);
         test_crossentropy(3, 30, 7, 40);

@@ -230,6 +230,11 @@ static void test_gather_scatter(Rng* rng) {
     Vec dx((long)B * R * C * E, 7.0); // scatter must overwrite, not add
     scatter_target_test_rows(dx.data(), w.data(), B, R, C, S, E);
     check_grad("decoder gather: scatter is its transpose", dx, numeric_grad(x, loss));
+    // add_target_test_rows adds the scatter into what the buffer holds: acc + scatter(w)
+    Vec acc = random_vec((long)B * R * C * E, rng), want = acc;
+    for (size_t i = 0; i < want.size(); i++) want[i] += dx[i];
+    add_target_test_rows(acc.data(), w.data(), B, R, C, S, E);
+    check_grad("add_target_test_rows = buffer + scatter", acc, want);
 }
 
 static void test_crossentropy(Rng* rng) {

@@ -96,6 +96,8 @@ static int run_case(const ShardCase* sc, const Layout* lay, const TableBatch* gl
 
     tabpfn_upload_batch(&model, local.x, local.y, local.B, local.R, local.F, local.S);
     tabpfn_set_global_rows(&model, sc->S, sc->R - sc->S);
+    // a2a needs B x heads problems for the last layer's one column, else it runs whole
+    if (!tabpfn_prunes_last_layer(&model)) snprintf(label + strlen(label), sizeof(label) - strlen(label), " (whole last layer)");
     tabpfn_zero_grad(&model);
     tabpfn_forward(&model);
     tabpfn_backward(&model);
@@ -188,6 +190,7 @@ int main(int argc, char** argv) {
                                    sc->B, sc->F, sc->R};
         TabPFN ref;
         tabpfn_build(&ref, config, cap1, 1, &par1);
+        ref.prune_last_layer = 0; // the whole last layer: every sharded case runs pruned against it
         tabpfn_init_parameters(&ref, 99);
         tabpfn_upload_batch(&ref, global.x, global.y, sc->B, sc->R, sc->F, sc->S);
         tabpfn_zero_grad(&ref);
