@@ -100,24 +100,42 @@ static void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
 // ----------------------------------------------------------------------------
 // LayerNorm over the last dimension, eps 1e-5, biased variance (as torch.nn.LayerNorm)
 
+// res (N, E) = a + b, then out = LayerNorm(res): the residual add and the norm in one pass over
+// the rows (res may be a; b NULL: no add, res = a is the input). mean, rstd (N)
 template <typename T>
-static void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, long N, int E) {
-    // out, inp (N, E); mean, rstd (N)
+static void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, const T* b, const T* weight,
+                                       const T* bias, long N, int E) {
 #pragma omp parallel for schedule(static)
     for (long n = 0; n < N; n++) {
-        const T* x = inp + n * E;
+        T* x = res + n * E;
+        if (b) {
+            const T* an = a + n * E;
+            const T* bn = b + n * E;
+#pragma omp simd
+            for (int e = 0; e < E; e++) x[e] = an[e] + bn[e];
+        }
+        // sums in double across vector lanes (simd reductions: a fixed order, any thread count)
         double m = 0.0;
+#pragma omp simd reduction(+ : m)
         for (int e = 0; e < E; e++) m += x[e];
         m /= E;
         double v = 0.0;
+#pragma omp simd reduction(+ : v)
         for (int e = 0; e < E; e++) v += (x[e] - m) * (x[e] - m);
         v /= E;
         double s = 1.0 / sqrt(v + 1e-5);
         T* o = out + n * E;
+#pragma omp simd
         for (int e = 0; e < E; e++) o[e] = (T)((x[e] - m) * s) * weight[e] + bias[e];
         mean[n] = (T)m;
         rstd[n] = (T)s;
     }
+}
+
+template <typename T>
+static void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, long N, int E) {
+    // out, inp (N, E); mean, rstd (N)
+    residual_layernorm_forward((T*)inp, out, mean, rstd, inp, (const T*)NULL, weight, bias, N, E);
 }
 
 template <typename T>
@@ -131,6 +149,7 @@ static void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, con
         T m = mean[n], s = rstd[n];
         // dxhat = dy * w; dx = s * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
         double dnorm_mean = 0.0, dnorm_xhat_mean = 0.0;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_xhat_mean)
         for (int e = 0; e < E; e++) {
             T xhat = (x[e] - m) * s;
             T dxhat = dy[e] * weight[e];
@@ -140,6 +159,7 @@ static void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, con
         dnorm_mean /= E;
         dnorm_xhat_mean /= E;
         T* dx = dinp + n * E;
+#pragma omp simd
         for (int e = 0; e < E; e++) {
             T xhat = (x[e] - m) * s;
             T dxhat = dy[e] * weight[e];

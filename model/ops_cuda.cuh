@@ -331,13 +331,19 @@ static inline void matmul_backward(float* dinp, float* dweight, float* dbias, co
 
 enum { ROWWISE_WARPS = 4 }; // warps per block of the row-wise kernels
 
+// one warp per row; b != NULL adds the residual first and stores the sum in res (may be a)
 static __global__ void __launch_bounds__(ROWWISE_WARPS * MOSAIC_WARP)
-layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
-                         long N, int E) {
+residual_layernorm_forward_kernel(float* res, float* out, float* mean, float* rstd, const float* a, const float* b,
+                                  const float* weight, const float* bias, long N, int E) {
     const int lane = threadIdx.x % MOSAIC_WARP;
     const long n = (long)blockIdx.x * ROWWISE_WARPS + threadIdx.x / MOSAIC_WARP;
     if (n >= N) return; // the whole warp leaves; the kernel has no block barrier
-    const float* x = inp + n * E;
+    const float* x = a + n * E;
+    if (b) {
+        float* r = res + n * E;
+        for (int e = lane; e < E; e += MOSAIC_WARP) r[e] = x[e] + b[n * E + e];
+        x = r; // each lane reads back only the elements it wrote
+    }
     float s = 0.0f;
     for (int e = lane; e < E; e += MOSAIC_WARP) s += x[e];
     const float m = ops_warp_sum(s) / E;
@@ -356,12 +362,18 @@ layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
     }
 }
 
+static inline void residual_layernorm_forward(float* res, float* out, float* mean, float* rstd, const float* a,
+                                              const float* b, const float* weight, const float* bias, long N, int E) {
+    // res (N, E) = a + b (res may be a; b NULL: no add), out = LayerNorm(res); mean, rstd (N); weight, bias (E)
+    if (N == 0) return;
+    MOSAIC_LAUNCH(residual_layernorm_forward_kernel, (unsigned)((N + ROWWISE_WARPS - 1) / ROWWISE_WARPS),
+                  ROWWISE_WARPS * MOSAIC_WARP, 0, mosaic_stream, res, out, mean, rstd, a, b, weight, bias, N, E);
+}
+
 static inline void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                                      const float* bias, long N, int E) {
     // out, inp (N, E); mean, rstd (N); weight, bias (E)
-    if (N == 0) return;
-    MOSAIC_LAUNCH(layernorm_forward_kernel, (unsigned)((N + ROWWISE_WARPS - 1) / ROWWISE_WARPS), ROWWISE_WARPS * MOSAIC_WARP,
-                  0, mosaic_stream, out, mean, rstd, inp, weight, bias, N, E);
+    residual_layernorm_forward(NULL, out, mean, rstd, inp, NULL, weight, bias, N, E);
 }
 
 static __global__ void __launch_bounds__(ROWWISE_WARPS * MOSAIC_WARP)

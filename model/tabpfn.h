@@ -541,23 +541,23 @@ static void layer_forward(TabPFN* model, int l, const float* x) {
     matmul_forward(la.fa_qkv, x, p.fa_in_w + (long)l * 3 * E * E, p.fa_in_b + l * 3 * E, N, E, 3 * E);
     feature_attention_forward(la.fa_o, la.fa_lse, la.fa_qkv, B, R, C, E, h);
     matmul_forward(la.fa_res, la.fa_o, p.fa_out_w + (long)l * E * E, p.fa_out_b + l * E, N, E, E);
-    add_inplace(la.fa_res, x, N * E);
-    layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, la.fa_res, p.ln1_w + l * E, p.ln1_b + l * E, N, E);
+    residual_layernorm_forward(la.fa_res, la.ln1, la.ln1_mean, la.ln1_rstd, la.fa_res, x, p.ln1_w + l * E,
+                               p.ln1_b + l * E, N, E);
 
     // attention between rows: every row queries the train rows
     matmul_forward(la.ra_qkv, la.ln1, p.ra_in_w + (long)l * 3 * E * E, p.ra_in_b + l * 3 * E, N, E, 3 * E);
     row_attention_set_batch(&model->row_attn[l], B, R, C, S, model->S_global, model->T_global);
     row_attention_forward(&model->row_attn[l], la.ra_o, la.ra_lse, la.ra_qkv);
     matmul_forward(la.ra_res, la.ra_o, p.ra_out_w + (long)l * E * E, p.ra_out_b + l * E, N, E, E);
-    add_inplace(la.ra_res, la.ln1, N * E);
-    layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.ra_res, p.ln2_w + l * E, p.ln2_b + l * E, N, E);
+    residual_layernorm_forward(la.ra_res, la.ln2, la.ln2_mean, la.ln2_rstd, la.ra_res, la.ln1, p.ln2_w + l * E,
+                               p.ln2_b + l * E, N, E);
 
     // MLP
     matmul_forward(la.fc1, la.ln2, p.fc1_w + (long)l * H * E, p.fc1_b + l * H, N, E, H);
     gelu_forward(la.fc1_gelu, la.fc1, N * H);
     matmul_forward(la.mlp_res, la.fc1_gelu, p.fc2_w + (long)l * E * H, p.fc2_b + l * E, N, H, E);
-    add_inplace(la.mlp_res, la.ln2, N * E);
-    layernorm_forward(la.ln3, la.ln3_mean, la.ln3_rstd, la.mlp_res, p.ln3_w + l * E, p.ln3_b + l * E, N, E);
+    residual_layernorm_forward(la.mlp_res, la.ln3, la.ln3_mean, la.ln3_rstd, la.mlp_res, la.ln2, p.ln3_w + l * E,
+                               p.ln3_b + l * E, N, E);
 }
 
 // the pruned last layer l: x (N, E) in, the test rows' target cells (B*T, E) out into dec_in
@@ -578,8 +578,8 @@ static void last_layer_target_forward(TabPFN* model, int l, const float* x, floa
     matmul_forward(t.fa_q, t.xt, w_in, b_in, BR, E, E);
     feature_attention_target_forward(la.fa_o, la.fa_lse, t.fa_q, t.fa_kv, B, R, C, E, h);
     matmul_forward(t.fa_res_t, la.fa_o, p.fa_out_w + (long)l * E * E, p.fa_out_b + l * E, BR, E, E);
-    add_inplace(t.fa_res_t, t.xt, BR * E);
-    layernorm_forward(t.ln1_t, la.ln1_mean, la.ln1_rstd, t.fa_res_t, p.ln1_w + l * E, p.ln1_b + l * E, BR, E);
+    residual_layernorm_forward(t.fa_res_t, t.ln1_t, la.ln1_mean, la.ln1_rstd, t.fa_res_t, t.xt, p.ln1_w + l * E,
+                               p.ln1_b + l * E, BR, E);
 
     // row attention on the target column: a table of one column
     matmul_forward(t.ra_qkv_t, t.ln1_t, p.ra_in_w + (long)l * 3 * E * E, p.ra_in_b + l * 3 * E, BR, E, 3 * E);
@@ -588,15 +588,15 @@ static void last_layer_target_forward(TabPFN* model, int l, const float* x, floa
     gather_target_test_rows(t.ra_o_test, t.ra_o_t, B, R, 1, S, E);
     matmul_forward(t.ra_res_t, t.ra_o_test, p.ra_out_w + (long)l * E * E, p.ra_out_b + l * E, BT, E, E);
     gather_target_test_rows(t.ln1_test, t.ln1_t, B, R, 1, S, E);
-    add_inplace(t.ra_res_t, t.ln1_test, BT * E);
-    layernorm_forward(t.ln2_t, la.ln2_mean, la.ln2_rstd, t.ra_res_t, p.ln2_w + l * E, p.ln2_b + l * E, BT, E);
+    residual_layernorm_forward(t.ra_res_t, t.ln2_t, la.ln2_mean, la.ln2_rstd, t.ra_res_t, t.ln1_test, p.ln2_w + l * E,
+                               p.ln2_b + l * E, BT, E);
 
     // MLP on the test rows' target cells (mlp_res_t overwrites ln1_test, read above)
     matmul_forward(t.fc1_t, t.ln2_t, p.fc1_w + (long)l * H * E, p.fc1_b + l * H, BT, E, H);
     gelu_forward(t.fc1_gelu_t, t.fc1_t, BT * H);
     matmul_forward(t.mlp_res_t, t.fc1_gelu_t, p.fc2_w + (long)l * E * H, p.fc2_b + l * E, BT, H, E);
-    add_inplace(t.mlp_res_t, t.ln2_t, BT * E);
-    layernorm_forward(dec_in, la.ln3_mean, la.ln3_rstd, t.mlp_res_t, p.ln3_w + l * E, p.ln3_b + l * E, BT, E);
+    residual_layernorm_forward(t.mlp_res_t, dec_in, la.ln3_mean, la.ln3_rstd, t.mlp_res_t, t.ln2_t, p.ln3_w + l * E,
+                               p.ln3_b + l * E, BT, E);
 }
 
 static void tabpfn_forward(TabPFN* model) {

@@ -169,6 +169,16 @@ static void test_layernorm(long N, int E) {
     check(tag + " forward: out", d_out.get(), out, 1e-5, 1e-5);
     check(tag + " forward: mean", d_mean.get(), mean, 1e-6, 1e-6);
     check(tag + " forward: rstd", d_rstd.get(), rstd, 1e-6, 1e-5);
+    // the fused residual form, in place (res = a), as the model calls it
+    std::vector<float> a = uniform(N * E, -1, 1), res = a, out2(N * E), mean2(N), rstd2(N);
+    residual_layernorm_forward(res.data(), out2.data(), mean2.data(), rstd2.data(), res.data(), x.data(), w.data(),
+                               b.data(), N, E);
+    DevF d_res(a), d_out2(nans(N * E)), d_mean2(nans(N)), d_rstd2(nans(N));
+    gpu::residual_layernorm_forward(d_res.p, d_out2.p, d_mean2.p, d_rstd2.p, d_res.p, d_x.p, d_w.p, d_b.p, N, E);
+    check(tag + " residual forward: sum", d_res.get(), res, 0, 0);
+    check(tag + " residual forward: out", d_out2.get(), out2, 1e-5, 1e-5);
+    check(tag + " residual forward: mean", d_mean2.get(), mean2, 1e-6, 1e-6);
+    check(tag + " residual forward: rstd", d_rstd2.get(), rstd2, 1e-6, 1e-5);
     // backward from the CPU's mean and rstd, so that only the backward is compared
     std::vector<float> dout = uniform(N * E, -1, 1), dw = uniform(E, -1, 1), db = uniform(E, -1, 1);
     std::vector<float> dinp(N * E), dw_cpu = dw, db_cpu = db;

@@ -76,6 +76,13 @@ static void test_layernorm(Rng* rng) {
     }
     loss();
     allclose_report("layernorm: forward vs definition", y.data(), y_ref.data(), N * E, 1e-12, 1e-12);
+    // the fused residual form: res = a + b, out = LayerNorm(res), against add then norm
+    Vec a = random_vec(N * E, rng), bb = random_vec(N * E, rng), res(N * E), y2(N * E), sum(N * E), y3(N * E);
+    for (long i = 0; i < N * E; i++) sum[i] = a[i] + bb[i];
+    layernorm_forward(y3.data(), mean.data(), rstd.data(), sum.data(), g.data(), b.data(), N, E);
+    residual_layernorm_forward(res.data(), y2.data(), mean.data(), rstd.data(), a.data(), bb.data(), g.data(), b.data(), N, E);
+    allclose_report("residual_layernorm_forward: the sum", res.data(), sum.data(), N * E, 0.0, 0.0);
+    allclose_report("residual_layernorm_forward: the norm", y2.data(), y3.data(), N * E, 0.0, 0.0);
 }
 
 static void test_gelu(Rng* rng) {
