@@ -165,6 +165,7 @@ int main(int argc, char** argv) {
     ShardCase cases[] = {
         {"uneven", 4, 23, 3, 9},     // rows and train rows not divisible by p
         {"few-train", 2, 13, 2, 2},  // fewer train rows than ranks (for p > 2)
+        {"one-table", 1, 11, 2, 5},  // a2a over 3+ ranks: too few problems for the pruned last layer
     };
     const TabPFNConfig config = test_config();
     int failed_here = 0;
