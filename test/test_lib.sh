@@ -9,7 +9,7 @@ set -u
 cd "$(dirname "${BASH_SOURCE[1]}")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN="mpirun --oversubscribe"
-PY=/usr/bin/python3
+PY=${MOSAIC_PYTHON:-/usr/bin/python3} # Debian's, with python3-torch; MOSAIC_PYTHON overrides (a GPU machine's own)
 TMP=$(mktemp -d "/tmp/mosaic_$(basename "${BASH_SOURCE[1]}" .sh).XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 passed=0
