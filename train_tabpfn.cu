@@ -595,6 +595,18 @@ static void format_duration(char* out, size_t size, double seconds) {
 // Inf), before anything is saved, so the last checkpoint stays as it was. Every rank checks its
 // own gradients (a bad rank may be the only one: e.g. an injected NaN after the all-reduce) and
 // the ranks agree through one small all-reduce per step; the lowest bad rank reports.
+// this process's resident memory now (VmRSS of /proc/self/status), -1 where unknown
+static long current_rss_kb(void) {
+    FILE* f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, "VmRSS:", 6) == 0) kb = atol(line + 6);
+    fclose(f);
+    return kb;
+}
+
 static void check_finite_step(TabPFN* model, Comm* world, float loss, float grad_norm, int step) {
     const int bad = !isfinite(loss) || !isfinite(grad_norm);
     if (!comm_host_allreduce_max_long(world, bad)) return;
@@ -1074,6 +1086,9 @@ int main(int argc, char** argv) {
         if (start_step > 0) printf("resumed from '%s' at step %d\n", args.resume_path, start_step);
     }
 
+    // resident memory with everything allocated, before the first step touches the activations
+    const long rss_before_steps_kb = comm_host_allreduce_max_long(&pl.world, current_rss_kb());
+
     // training loop: nothing below allocates per step
     double train_seconds = 0.0, loss_tail_sum = 0.0, bytes_at_first = 0.0, wait_at_first = 0.0;
     int steps_timed = 0, loss_tail_count = 0, step = start_step;
@@ -1194,11 +1209,11 @@ int main(int argc, char** argv) {
                "\"datasets_per_s\": %s, \"batch\": %d, \"threads\": %d, \"parameters\": %zu, "
                "\"ranks\": %d, \"dp\": %d, \"sp\": %d, \"row_attn\": \"%s\", \"overlap\": %s, "
                "\"row_mb_per_step_per_rank\": %s, \"predicted_row_mb_per_step_per_rank\": %.6f, "
-               "\"comm_wait_ms_per_step\": %s, \"peak_rss_mb\": %.1f, "
+               "\"comm_wait_ms_per_step\": %s, \"peak_rss_mb\": %.1f, \"rss_before_steps_mb\": %.1f, "
                "\"eval\": {\"table\": \"%s\", \"roc_auc\": %s, \"accuracy\": %s}}\n",
                step, final_loss, last, ms, rate, args.batch, backend_threads(), model.num_parameters,
                pl.world.size, pl.dp, sp, row_strategy_names[pl.row_strategy[0]], args.no_overlap ? "false" : "true",
-               rmb, predicted_mb, wms, rss_kb / 1024.0, args.eval_csv ? args.eval_csv : "none", auc, acc);
+               rmb, predicted_mb, wms, rss_kb / 1024.0, rss_before_steps_kb / 1024.0, args.eval_csv ? args.eval_csv : "none", auc, acc);
     }
     log_close(log, args.log_path);
     tabpfn_free(&model);

@@ -7,15 +7,24 @@ fixed random batch (data generation is not timed).
 Usage:
   /usr/bin/python3 scripts/bench_pytorch.py [--batch 32 --rows 150 --features 5 --train-rows ROWS//2]
       [--threads 2 --steps 10 --warmup-steps 2] [--E 96 --heads 4 --H 192 --L 3 --outputs 2] [--seed 0]
-Prints one JSON line; ms_per_step is the median over --steps timed steps run after
+Prints one JSON line (with the process's peak RSS and its RSS before the first step); ms_per_step is the median over --steps timed steps run after
 --warmup-steps untimed ones. --threads sets torch's, OpenMP's and the BLAS's thread counts.
 """
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
+
+
+def current_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def main():
@@ -55,6 +64,7 @@ def main():
     x = torch.randn(args.batch, args.rows, args.features)
     y = torch.randint(0, args.outputs, (args.batch, args.rows)).float()
 
+    rss_before_mb = current_rss_mb()  # model, optimizer and batch built, no step taken
     times = []
     for step in range(args.warmup_steps + args.steps):
         start = time.perf_counter()
@@ -76,6 +86,8 @@ def main():
         "ms_per_step": round(ms, 3),
         "datasets_per_s": round(args.batch / (ms / 1000.0), 2),
         "torch": torch.__version__,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "rss_before_steps_mb": round(rss_before_mb, 1),
     }))
     return 0
 
