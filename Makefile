@@ -21,7 +21,18 @@ CXXFLAGS += $(MPI_CFLAGS)
 # OpenBLAS built on OpenMP shares our thread pool; the pthread build spins its own threads
 # against ours (seen here: 10x slower steps when a core is busy). Fall back to any -lopenblas.
 BLAS_DIR := $(firstword $(wildcard /usr/lib/$(shell $(CXX) -dumpmachine)/openblas-openmp))
-LDLIBS = $(if $(BLAS_DIR),-L$(BLAS_DIR) -Wl$(comma)-rpath$(comma)$(BLAS_DIR)) -lopenblas -lm $(MPI_LIBS)
+# The float GEMM library (model/gemm_cpu.h): onednn (Debian's libdnnl-dev, 1.2x faster than
+# OpenBLAS on the step's shapes, measured by build/bench_gemm) where its header is found, else
+# openblas. Double precision (the gradient checks) always goes through OpenBLAS.
+GEMM ?= $(if $(wildcard /usr/include/dnnl.h),onednn,openblas)
+ifeq ($(GEMM),onednn)
+GEMM_FLAGS := -DMOSAIC_GEMM_ONEDNN
+GEMM_LIBS := -ldnnl
+else ifneq ($(GEMM),openblas)
+$(error GEMM=$(GEMM): choose onednn or openblas)
+endif
+CXXFLAGS += $(GEMM_FLAGS)
+LDLIBS = $(if $(BLAS_DIR),-L$(BLAS_DIR) -Wl$(comma)-rpath$(comma)$(BLAS_DIR)) $(GEMM_LIBS) -lopenblas -lm $(MPI_LIBS)
 comma := ,
 # every header, so a change anywhere rebuilds what includes it
 HEADERS := $(wildcard model/*.h attention/*.h comm/*.h dataloader/*.h test/*.h)
@@ -101,8 +112,14 @@ test_cuda_kernels: $(EMU_BINS) $(NVCC_BINS)
 test: train_tabpfn $(TESTS) $(EMU_BINS) $(NVCC_BINS)
 	$(CUDA_ENV) bash test/run_all.sh
 
-bench: train_tabpfn
+bench: train_tabpfn build/bench_gemm
 	bash scripts/bench.sh
+
+# the step's GEMM shapes per library (OpenBLAS, oneDNN, libxsmm): needs libdnnl-dev and libxsmm-dev
+build/bench_gemm: test/bench_gemm.cpp
+	@mkdir -p build
+	@test -f /usr/include/dnnl.h -a -f /usr/include/libxsmm.h || { echo "error: build/bench_gemm needs libdnnl-dev and libxsmm-dev (bash scripts/install_deps.sh)"; exit 1; }
+	$(CXX) -O3 $(NATIVE) -std=c++17 -fopenmp $< -o $@ $(if $(BLAS_DIR),-L$(BLAS_DIR) -Wl$(comma)-rpath$(comma)$(BLAS_DIR)) -ldnnl -lxsmmext -lxsmm -lopenblas -lpthread -lrt -ldl -lm
 
 clean:
 	rm -rf build train_tabpfn

@@ -7,7 +7,6 @@
 //   - reductions run in a fixed order that does not depend on the thread count, so the same
 //     inputs give the same bits with 1 or 64 threads.
 #pragma once
-#include <cblas.h>
 #include <omp.h>
 #include "common.h"
 
@@ -35,16 +34,8 @@ static inline int backend_threads(void) { return omp_get_max_threads(); }
 static inline void ops_reserve_scratch(long max_rows, int max_width) { (void)max_rows; (void)max_width; }
 
 // ----------------------------------------------------------------------------
-// GEMM through cblas, overloaded so templates pick the right precision
-
-static inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha,
-                             const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc) {
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-static inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, double alpha,
-                             const double* a, int lda, const double* b, int ldb, double beta, double* c, int ldc) {
-    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
+// GEMM: one wrapper, the library chosen in model/gemm_cpu.h (float: oneDNN or OpenBLAS; double: OpenBLAS)
+#include "gemm_cpu.h"
 
 // Column sums over N rows in a fixed order, whatever the thread count: the rows are cut into
 // COLUMN_ROW_CHUNKS fixed ranges, each range adds its rows (contiguous reads) into partials in
