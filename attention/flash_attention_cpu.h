@@ -10,7 +10,7 @@
 #include "../model/common.h"
 #include "axis_layout.h"
 
-enum { FA_Q_TILE = 32, FA_KV_TILE = 64, FA_QB = 4 };
+enum { FA_Q_TILE = 32, FA_KV_TILE = 64, FA_QB = 4, FA_LANES = 8 };
 
 template <typename T>
 static inline T fa_dot(const T* a, const T* b, int d) {
@@ -161,18 +161,34 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
         for (int j0 = 0; j0 < kv_len; j0 += FA_KV_TILE) {
             const int nk = kv_len - j0 < FA_KV_TILE ? kv_len - j0 : FA_KV_TILE;
             for (int i = 0; i < FA_Q_TILE; i++) new_max[i] = row_max[i];
-            for (int j = 0; j < nk; j++) {
-                const T* kj = kb + (long)(j0 + j) * kv_layout.seq_stride;
-                T* sj = s_t[j];
+            // scores, two keys at a time: their 2 x FA_Q_TILE sums stay in registers over e
+            for (int j = 0; j < nk; j += 2) {
+                const int pair = nk - j < 2 ? 1 : 2;
+                const T* k0 = kb + (long)(j0 + j) * kv_layout.seq_stride;
+                const T* k1 = pair == 2 ? k0 + kv_layout.seq_stride : k0;
+                T s0[FA_Q_TILE], s1[FA_Q_TILE];
 #pragma omp simd
-                for (int i = 0; i < FA_Q_TILE; i++) sj[i] = 0;
+                for (int i = 0; i < FA_Q_TILE; i++) s0[i] = s1[i] = 0;
                 for (int e = 0; e < d; e++) {
-                    const T ke = kj[e];
+                    const T ke0 = k0[e], ke1 = k1[e];
 #pragma omp simd
-                    for (int i = 0; i < FA_Q_TILE; i++) sj[i] += ke * q_t[e][i];
+                    for (int i = 0; i < FA_Q_TILE; i++) {
+                        s0[i] += ke0 * q_t[e][i];
+                        s1[i] += ke1 * q_t[e][i];
+                    }
                 }
 #pragma omp simd
-                for (int i = 0; i < FA_Q_TILE; i++) new_max[i] = sj[i] > new_max[i] ? sj[i] : new_max[i];
+                for (int i = 0; i < FA_Q_TILE; i++) {
+                    s_t[j][i] = s0[i];
+                    new_max[i] = s0[i] > new_max[i] ? s0[i] : new_max[i];
+                }
+                if (pair == 2) {
+#pragma omp simd
+                    for (int i = 0; i < FA_Q_TILE; i++) {
+                        s_t[j + 1][i] = s1[i];
+                        new_max[i] = s1[i] > new_max[i] ? s1[i] : new_max[i];
+                    }
+                }
             }
             // rescale what was accumulated under the old maximum (exp(-inf) = 0 at the start)
 #pragma omp simd
@@ -188,15 +204,18 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
             for (int j = 0; j < nk; j++)
 #pragma omp simd
                 for (int i = 0; i < FA_Q_TILE; i++) row_sum[i] += s_t[j][i];
+            // outputs, one head dimension at a time, its FA_Q_TILE sums in registers over the keys
             for (int e = 0; e < d; e++) {
-                T* ae = acc_t[e];
+                T a[FA_Q_TILE];
 #pragma omp simd
-                for (int i = 0; i < FA_Q_TILE; i++) ae[i] *= correction[i];
+                for (int i = 0; i < FA_Q_TILE; i++) a[i] = acc_t[e][i] * correction[i];
                 for (int j = 0; j < nk; j++) {
                     const T ve = vb[(long)(j0 + j) * kv_layout.seq_stride + e];
 #pragma omp simd
-                    for (int i = 0; i < FA_Q_TILE; i++) ae[i] += ve * s_t[j][i];
+                    for (int i = 0; i < FA_Q_TILE; i++) a[i] += ve * s_t[j][i];
                 }
+#pragma omp simd
+                for (int i = 0; i < FA_Q_TILE; i++) acc_t[e][i] = a[i];
             }
             for (int i = 0; i < FA_Q_TILE; i++) row_max[i] = new_max[i];
         }
@@ -246,6 +265,7 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
         const T* lb = lse + (n * heads + h) * (long)q_len;
 
         T k_t[FA_MAX_HEAD_DIM][FA_KV_TILE], v_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
+        T k_r[FA_KV_TILE][FA_MAX_HEAD_DIM]; // the tile's keys as rows too, for dq
         T dk_t[FA_MAX_HEAD_DIM][FA_KV_TILE], dv_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
         T q_blk[FA_QB][FA_MAX_HEAD_DIM], do_blk[FA_QB][FA_MAX_HEAD_DIM];
         T p[FA_QB][FA_KV_TILE], ds[FA_QB][FA_KV_TILE];
@@ -255,12 +275,15 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                 const T* kj = k + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
                 const T* vj = v + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
                 for (int e = 0; e < d; e++) {
-                    k_t[e][j] = kj[e];
+                    k_t[e][j] = k_r[j][e] = kj[e];
                     v_t[e][j] = vj[e];
                 }
+                for (int e = d; e < ceil_div(d, FA_LANES) * FA_LANES; e++) k_r[j][e] = 0; // padding lanes
             }
-            for (int e = 0; e < d; e++)
+            for (int e = 0; e < d; e++) {
                 for (int j = 0; j < nk; j++) dk_t[e][j] = dv_t[e][j] = 0;
+                for (int j = nk; j < ceil_div(nk, FA_LANES) * FA_LANES; j++) k_t[e][j] = v_t[e][j] = 0; // padding lanes
+            }
             // queries in blocks of FA_QB: every K/V/dK/dV vector loaded feeds FA_QB FMAs
             for (int i0 = 0; i0 < q_len; i0 += FA_QB) {
                 const int nqb = q_len - i0 < FA_QB ? q_len - i0 : FA_QB;
@@ -280,17 +303,29 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                     }
                     for (int j = 0; j < nk; j++) p[b][j] = ds[b][j] = 0;
                 }
-                for (int e = 0; e < d; e++) {
-                    T qe[FA_QB], de[FA_QB];
-                    for (int b = 0; b < FA_QB; b++) { qe[b] = q_blk[b][e]; de[b] = do_blk[b][e]; }
-#pragma omp simd
-                    for (int j = 0; j < nk; j++) {
-                        const T kt = k_t[e][j], vt = v_t[e][j];
+                // q . k_j and dO . v_j, FA_LANES keys at a time: the 2 x FA_QB accumulators stay in
+                // registers over the head dimension (summed over e in order, as before)
+                for (int jv = 0; jv < nk; jv += FA_LANES) {
+                    T pa[FA_QB][FA_LANES], da[FA_QB][FA_LANES];
+                    for (int b = 0; b < FA_QB; b++)
+                        for (int l = 0; l < FA_LANES; l++) pa[b][l] = da[b][l] = 0;
+                    for (int e = 0; e < d; e++) {
+                        const T* kt = &k_t[e][jv];
+                        const T* vt = &v_t[e][jv];
                         for (int b = 0; b < FA_QB; b++) {
-                            p[b][j] += qe[b] * kt;  // q . k_j
-                            ds[b][j] += de[b] * vt; // dO . v_j
+                            const T qe = q_blk[b][e], de = do_blk[b][e];
+#pragma omp simd
+                            for (int l = 0; l < FA_LANES; l++) {
+                                pa[b][l] += qe * kt[l];
+                                da[b][l] += de * vt[l];
+                            }
                         }
                     }
+                    for (int b = 0; b < FA_QB; b++)
+                        for (int l = 0; l < FA_LANES; l++) {
+                            p[b][jv + l] = pa[b][l];
+                            ds[b][jv + l] = da[b][l];
+                        }
                 }
                 for (int b = 0; b < FA_QB; b++) {
 #pragma omp simd
@@ -300,7 +335,7 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                     for (int j = 0; j < nk; j++) ds[b][j] = p[b][j] * (ds[b][j] - D[b]) * scale;
                 }
                 for (int e = 0; e < d; e++) {
-                    T qe[FA_QB], de[FA_QB], dq_e[FA_QB];
+                    T qe[FA_QB], de[FA_QB];
                     for (int b = 0; b < FA_QB; b++) { qe[b] = q_blk[b][e]; de[b] = do_blk[b][e]; }
 #pragma omp simd
                     for (int j = 0; j < nk; j++) {
@@ -312,8 +347,27 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                         dv_t[e][j] = dv_acc;
                         dk_t[e][j] = dk_acc;
                     }
-                    for (int b = 0; b < FA_QB; b++) dq_e[b] = fa_dot(ds[b], k_t[e], nk);
-                    for (int b = 0; b < nqb; b++) dq[q_base + (long)(i0 + b) * q_layout.seq_stride + e] += dq_e[b];
+                }
+                // dq_i += sum_j ds_ij k_j along the key rows, FA_LANES dims at a time: the FA_QB
+                // accumulators stay in registers over the keys (no horizontal sums, no chain
+                // through memory)
+                for (int e0 = 0; e0 < d; e0 += FA_LANES) {
+                    T acc[FA_QB][FA_LANES];
+                    for (int b = 0; b < FA_QB; b++)
+                        for (int l = 0; l < FA_LANES; l++) acc[b][l] = 0;
+                    for (int j = 0; j < nk; j++) {
+                        const T* kr = &k_r[j][e0];
+                        for (int b = 0; b < FA_QB; b++) {
+                            const T dsj = ds[b][j];
+#pragma omp simd
+                            for (int l = 0; l < FA_LANES; l++) acc[b][l] += dsj * kr[l];
+                        }
+                    }
+                    const int we = d - e0 < FA_LANES ? d - e0 : FA_LANES;
+                    for (int b = 0; b < nqb; b++) {
+                        T* dqi = dq + q_base + (long)(i0 + b) * q_layout.seq_stride + e0;
+                        for (int l = 0; l < we; l++) dqi[l] += acc[b][l];
+                    }
                 }
             }
             for (int j = 0; j < nk; j++) {
