@@ -623,16 +623,20 @@ static inline void scalar_embed_backward(float* dw, float* dbias, const float* d
 // ----------------------------------------------------------------------------
 // decoder input: the target column (last) of the test rows
 
+// element i of a (B, R-S, E) test-row buffer -> its cell's element in (B, R, C, E): test row t of
+// dataset b, the target column
+static __device__ __forceinline__ long target_test_cell_element(long i, int R, int C, int S, int E) {
+    const int T_rows = R - S;
+    const int e = (int)(i % E);
+    const long row = i / E; // b * T_rows + test row
+    const long b = row / T_rows;
+    const int t = (int)(row % T_rows);
+    return ((b * R + S + t) * C + C - 1) * E + e;
+}
+
 static __global__ void __launch_bounds__(ELEMENTWISE_BLOCK)
 gather_target_test_rows_kernel(float* out, const float* x, int R, int C, int S, int E, long n) {
-    const int T_rows = R - S;
-    GRID_STRIDE_LOOP(i, n) {
-        const int e = (int)(i % E);
-        const long row = i / E; // b * T_rows + test row
-        const long b = row / T_rows;
-        const int t = (int)(row % T_rows);
-        out[i] = x[((b * R + S + t) * C + C - 1) * E + e];
-    }
+    GRID_STRIDE_LOOP(i, n) out[i] = x[target_test_cell_element(i, R, C, S, E)];
 }
 
 static inline void gather_target_test_rows(float* out, const float* x, int B, int R, int C, int S, int E) {
@@ -667,14 +671,7 @@ static inline void scatter_target_test_rows(float* dx, const float* dout, int B,
 
 static __global__ void __launch_bounds__(ELEMENTWISE_BLOCK)
 add_target_test_rows_kernel(float* dx, const float* dout, int R, int C, int S, int E, long n) {
-    const int T_rows = R - S;
-    GRID_STRIDE_LOOP(i, n) {
-        const int e = (int)(i % E);
-        const long row = i / E; // b * T_rows + test row
-        const long b = row / T_rows;
-        const int t = (int)(row % T_rows);
-        dx[((b * R + S + t) * C + C - 1) * E + e] += dout[i];
-    }
+    GRID_STRIDE_LOOP(i, n) dx[target_test_cell_element(i, R, C, S, E)] += dout[i];
 }
 
 static inline void add_target_test_rows(float* dx, const float* dout, int B, int R, int C, int S, int E) {

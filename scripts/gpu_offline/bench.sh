@@ -7,7 +7,7 @@ for c in "default|--batch 32|30|--batch 32 --rows 150" "rows_16384|--batch 1 --m
   echo "== $name"
   timeout 150 ./train_tabpfn_cuda $flags --steps $steps --warmup-steps 1 --eval-csv none --quiet > /tmp/g_$name.out 2>&1; echo "gpu rc $?"
   grep summary /tmp/g_$name.out | cut -c1-330
-  timeout 150 python3 scripts/gpu_offline/torch_step.py $pyflags --config $name 2>&1 | tail -1
+  timeout 150 python3 scripts/bench_pytorch_gpu.py $pyflags --config $name 2>&1 | tail -1
 done
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 echo "== elapsed $((SECONDS - START)) s"

@@ -8,7 +8,7 @@ time make -j16 --no-print-directory ARCH=90 BLAS_DIR=$LIB/openblas-openmp MPI_CF
     NVCC=nvcc \
     train_tabpfn train_tabpfn_cuda build/nvcc_test_cuda_ops build/nvcc_test_cuda_flash > /tmp/make.log 2>&1; echo "make rc $?"; tail -20 /tmp/make.log
 cp /tmp/make.log $OUT/make.log
-python3 test/check_ptxas.py build/ptxas_test_cuda_ops.txt build/ptxas_test_cuda_flash.txt 2>&1 | tail -3
+python3 test/check_ptxas.py --arch 90 build/ptxas_test_cuda_ops.txt build/ptxas_test_cuda_flash.txt 2>&1 | tail -3
 for t in test_cuda_ops test_cuda_flash; do
     echo "== native $t"; timeout 240 ./build/nvcc_$t > /tmp/$t.out 2>&1; echo "rc $?"; grep -E "FAIL" /tmp/$t.out | head -10; tail -1 /tmp/$t.out
 done

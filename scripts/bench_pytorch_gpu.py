@@ -1,6 +1,6 @@
 """One PyTorch training step of the reference model on the GPU (forward, backward, clip 1.0, AdamW),
 the step scripts/gpu_check.sh times; median of 5 after 2 warm-up steps, one JSON line.
-  python3 scripts/gpu_offline/torch_step.py --batch 32 --rows 150 --config default"""
+  python3 scripts/bench_pytorch_gpu.py --batch 32 --rows 150 --config default   (run from the repo root)"""
 import argparse, json, statistics, sys, time
 sys.path.insert(0, "scripts")
 import torch
