@@ -112,7 +112,7 @@ test_cuda_kernels: $(EMU_BINS) $(NVCC_BINS)
 test: train_tabpfn $(TESTS) $(EMU_BINS) $(NVCC_BINS)
 	$(CUDA_ENV) bash test/run_all.sh
 
-bench: train_tabpfn build/bench_gemm
+bench: train_tabpfn $(if $(and $(wildcard /usr/include/dnnl.h),$(wildcard /usr/include/libxsmm.h)),build/bench_gemm)
 	bash scripts/bench.sh
 
 # the step's GEMM shapes per library (OpenBLAS, oneDNN, libxsmm): needs libdnnl-dev and libxsmm-dev

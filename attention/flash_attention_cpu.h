@@ -20,6 +20,20 @@ static inline T fa_dot(const T* a, const T* b, int d) {
     return acc;
 }
 
+// FA_LANES values of T as one GCC/clang vector (an AVX register of floats), for register blocks
+// that `omp simd` over small arrays would keep in memory. may_alias and element alignment: a
+// V* may point into any T array (loads and stores through it are unaligned-safe).
+template <typename T>
+struct FaVec;
+template <>
+struct FaVec<float> {
+    typedef float V __attribute__((vector_size(FA_LANES * sizeof(float)), may_alias, aligned(sizeof(float))));
+};
+template <>
+struct FaVec<double> {
+    typedef double V __attribute__((vector_size(FA_LANES * sizeof(double)), may_alias, aligned(sizeof(double))));
+};
+
 // exp over an array with fast_expf (model/common.h), which the compiler vectorises
 static inline void fa_exp_inplace(float* x, int n) {
 #pragma omp simd
@@ -119,6 +133,8 @@ static void flash_attention_backward_short(T* dq, T* dk, T* dv, const T* dout, c
 // Forward, per (sequence, head, query tile). Tiles are held transposed, queries along the
 // vector lanes: every inner loop runs over FA_Q_TILE contiguous queries, so the small head
 // size (24 by default) never sits in the vector lanes and no horizontal sums are needed.
+// The register blocks (scores of two keys, outputs of two head dims) are FaVec locals so they
+// stay in registers over the reduction; sums run in the same order as the scalar form.
 // out = softmax(scale * q k^T) v over kv positions [0, kv_len); lse = log-sum-exp of the scores.
 // kv_len == 0 gives out = 0 and lse = -inf (an empty key set, merged away by lse_merge).
 template <typename T>
@@ -131,7 +147,10 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
                                       head_dim, scale);
         return;
     }
+    typedef typename FaVec<T>::V V;
+    enum { NV = FA_Q_TILE / FA_LANES }; // vectors per query tile
     const int d = head_dim;
+    const long kv_stride = kv_layout.seq_stride;
     const int q_tiles = ceil_div(q_len, FA_Q_TILE);
     const long work_items = (long)n_batch * heads * q_tiles;
 #pragma omp parallel for schedule(dynamic, 4)
@@ -145,51 +164,45 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
         const T* kb = k + axis_offset(kv_layout, n) + (long)h * d;
         const T* vb = v + axis_offset(kv_layout, n) + (long)h * d;
 
-        T q_t[FA_MAX_HEAD_DIM][FA_Q_TILE];   // pre-scaled queries, transposed; padding lanes 0
-        T acc_t[FA_MAX_HEAD_DIM][FA_Q_TILE]; // unnormalised outputs, transposed
-        T s_t[FA_KV_TILE][FA_Q_TILE];        // scores, then probabilities, key-major
-        T row_max[FA_Q_TILE], row_sum[FA_Q_TILE], new_max[FA_Q_TILE], correction[FA_Q_TILE];
-        for (int e = 0; e < d; e++)
-            for (int i = 0; i < FA_Q_TILE; i++) {
-                q_t[e][i] = i < nq ? qb[(long)(i0 + i) * q_layout.seq_stride + e] * scale : (T)0;
+        alignas(64) T q_t[FA_MAX_HEAD_DIM][FA_Q_TILE];   // pre-scaled queries, transposed; padding lanes 0
+        alignas(64) T acc_t[FA_MAX_HEAD_DIM][FA_Q_TILE]; // unnormalised outputs, transposed
+        alignas(64) T s_t[FA_KV_TILE][FA_Q_TILE];        // scores, then probabilities, key-major
+        alignas(64) T row_max[FA_Q_TILE], row_sum[FA_Q_TILE], new_max[FA_Q_TILE], correction[FA_Q_TILE];
+        for (int i = 0; i < FA_Q_TILE; i++) {
+            const T* qi = qb + (long)(i0 + i) * q_layout.seq_stride;
+            for (int e = 0; e < d; e++) {
+                q_t[e][i] = i < nq ? qi[e] * scale : (T)0;
                 acc_t[e][i] = 0;
             }
-        for (int i = 0; i < FA_Q_TILE; i++) {
             row_max[i] = -INFINITY;
             row_sum[i] = 0;
         }
         for (int j0 = 0; j0 < kv_len; j0 += FA_KV_TILE) {
             const int nk = kv_len - j0 < FA_KV_TILE ? kv_len - j0 : FA_KV_TILE;
-            for (int i = 0; i < FA_Q_TILE; i++) new_max[i] = row_max[i];
             // scores, two keys at a time: their 2 x FA_Q_TILE sums stay in registers over e
             for (int j = 0; j < nk; j += 2) {
-                const int pair = nk - j < 2 ? 1 : 2;
-                const T* k0 = kb + (long)(j0 + j) * kv_layout.seq_stride;
-                const T* k1 = pair == 2 ? k0 + kv_layout.seq_stride : k0;
-                T s0[FA_Q_TILE], s1[FA_Q_TILE];
-#pragma omp simd
-                for (int i = 0; i < FA_Q_TILE; i++) s0[i] = s1[i] = 0;
+                const T* k0 = kb + (long)(j0 + j) * kv_stride;
+                const T* k1 = nk - j < 2 ? k0 : k0 + kv_stride;
+                V s0[NV], s1[NV];
+                for (int u = 0; u < NV; u++) s0[u] = s1[u] = V{};
                 for (int e = 0; e < d; e++) {
                     const T ke0 = k0[e], ke1 = k1[e];
-#pragma omp simd
-                    for (int i = 0; i < FA_Q_TILE; i++) {
-                        s0[i] += ke0 * q_t[e][i];
-                        s1[i] += ke1 * q_t[e][i];
+                    for (int u = 0; u < NV; u++) {
+                        const V qv = *(const V*)&q_t[e][u * FA_LANES];
+                        s0[u] += ke0 * qv;
+                        s1[u] += ke1 * qv;
                     }
                 }
-#pragma omp simd
-                for (int i = 0; i < FA_Q_TILE; i++) {
-                    s_t[j][i] = s0[i];
-                    new_max[i] = s0[i] > new_max[i] ? s0[i] : new_max[i];
-                }
-                if (pair == 2) {
-#pragma omp simd
-                    for (int i = 0; i < FA_Q_TILE; i++) {
-                        s_t[j + 1][i] = s1[i];
-                        new_max[i] = s1[i] > new_max[i] ? s1[i] : new_max[i];
-                    }
+                for (int u = 0; u < NV; u++) {
+                    *(V*)&s_t[j][u * FA_LANES] = s0[u];
+                    if (nk - j >= 2) *(V*)&s_t[j + 1][u * FA_LANES] = s1[u];
                 }
             }
+#pragma omp simd
+            for (int i = 0; i < FA_Q_TILE; i++) new_max[i] = row_max[i];
+            for (int j = 0; j < nk; j++)
+#pragma omp simd
+                for (int i = 0; i < FA_Q_TILE; i++) new_max[i] = s_t[j][i] > new_max[i] ? s_t[j][i] : new_max[i];
             // rescale what was accumulated under the old maximum (exp(-inf) = 0 at the start)
 #pragma omp simd
             for (int i = 0; i < FA_Q_TILE; i++) correction[i] = row_max[i] - new_max[i];
@@ -204,18 +217,28 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
             for (int j = 0; j < nk; j++)
 #pragma omp simd
                 for (int i = 0; i < FA_Q_TILE; i++) row_sum[i] += s_t[j][i];
-            // outputs, one head dimension at a time, its FA_Q_TILE sums in registers over the keys
-            for (int e = 0; e < d; e++) {
-                T a[FA_Q_TILE];
-#pragma omp simd
-                for (int i = 0; i < FA_Q_TILE; i++) a[i] = acc_t[e][i] * correction[i];
-                for (int j = 0; j < nk; j++) {
-                    const T ve = vb[(long)(j0 + j) * kv_layout.seq_stride + e];
-#pragma omp simd
-                    for (int i = 0; i < FA_Q_TILE; i++) a[i] += ve * s_t[j][i];
+            // outputs, two head dims at a time: their 2 x FA_Q_TILE sums in registers over the keys
+            for (int e = 0; e < d; e += 2) {
+                const int e1 = d - e >= 2 ? e + 1 : e; // an odd last dim pairs with itself, stored once
+                const T* ve = vb + (long)j0 * kv_stride + e;
+                V a0[NV], a1[NV];
+                for (int u = 0; u < NV; u++) {
+                    const V c = *(const V*)&correction[u * FA_LANES];
+                    a0[u] = *(const V*)&acc_t[e][u * FA_LANES] * c;
+                    a1[u] = *(const V*)&acc_t[e1][u * FA_LANES] * c;
                 }
-#pragma omp simd
-                for (int i = 0; i < FA_Q_TILE; i++) acc_t[e][i] = a[i];
+                for (int j = 0; j < nk; j++) {
+                    const T v0 = ve[j * kv_stride], v1 = ve[j * kv_stride + (e1 - e)];
+                    for (int u = 0; u < NV; u++) {
+                        const V pv = *(const V*)&s_t[j][u * FA_LANES];
+                        a0[u] += v0 * pv;
+                        a1[u] += v1 * pv;
+                    }
+                }
+                for (int u = 0; u < NV; u++) {
+                    *(V*)&acc_t[e1][u * FA_LANES] = a1[u];
+                    *(V*)&acc_t[e][u * FA_LANES] = a0[u];
+                }
             }
             for (int i = 0; i < FA_Q_TILE; i++) row_max[i] = new_max[i];
         }
@@ -235,13 +258,41 @@ static void flash_attention_forward(T* out, T* lse, const T* q, const T* k, cons
     }
 }
 
+// dq rows [i0, i0 + nqb) += ds k over the tile's keys, for head dims [e0, e0 + NE * FA_LANES) ∩ [0, d):
+// FA_QB x NE accumulators in registers over the keys, summed in key order.
+template <int NE, typename T>
+static inline void fa_dq_block(T* dq, long q_stride, const T (*k_r)[FA_MAX_HEAD_DIM], const T (*ds)[FA_KV_TILE],
+                               int nk, int nqb, int e0, int d) {
+    typedef typename FaVec<T>::V V;
+    V acc[FA_QB][NE];
+    for (int b = 0; b < FA_QB; b++)
+        for (int u = 0; u < NE; u++) acc[b][u] = V{};
+    for (int j = 0; j < nk; j++) {
+        V kr[NE];
+        for (int u = 0; u < NE; u++) kr[u] = *(const V*)&k_r[j][e0 + u * FA_LANES];
+        for (int b = 0; b < FA_QB; b++) {
+            const T dsj = ds[b][j];
+            for (int u = 0; u < NE; u++) acc[b][u] += dsj * kr[u];
+        }
+    }
+    const int we = d - e0 < NE * FA_LANES ? d - e0 : NE * FA_LANES;
+    for (int b = 0; b < nqb; b++) {
+        alignas(64) T a[NE * FA_LANES];
+        for (int u = 0; u < NE; u++) *(V*)&a[u * FA_LANES] = acc[b][u];
+        T* dqi = dq + b * q_stride + e0;
+        for (int l = 0; l < we; l++) dqi[l] += a[l];
+    }
+}
+
 // Backward from the saved output and lse. ACCUMULATES into dq, dk, dv (callers zero them),
 // so that a sharded caller can run it once per key block. Work is split over
 // (sequence, head) pairs, each owned by one thread, so the accumulations never race.
 // out and lse are the FINAL (all keys) results; for one key block of a sharded run this
 // still gives that block's exact share of the gradient.
 // Per key tile, the tile's K, V, dK, dV are held transposed (keys along the vector lanes);
-// queries then go FA_QB at a time through vector loops over the tile's keys.
+// queries then go FA_QB at a time through register blocks of FA_QB queries x 2 key vectors
+// (FaVec locals), every broadcast query value feeding two FMAs. Sums run in the same order
+// as the scalar form: over e for the scores, over queries for dk/dv, over keys for dq.
 template <typename T>
 static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
                                      const T* k, const T* v, AxisLayout q_layout, AxisLayout kv_layout,
@@ -253,7 +304,10 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                                        heads, q_len, kv_len, head_dim, scale);
         return;
     }
+    typedef typename FaVec<T>::V V;
+    enum { KB = 2 * FA_LANES }; // keys per register block
     const int d = head_dim;
+    const int d_pad = ceil_div(d, FA_LANES) * FA_LANES;
     const long work_items = (long)n_batch * heads;
 #pragma omp parallel for schedule(dynamic, 1)
     for (long w = 0; w < work_items; w++) {
@@ -264,25 +318,25 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
         const long out_base = axis_offset(out_layout, n) + (long)h * d;
         const T* lb = lse + (n * heads + h) * (long)q_len;
 
-        T k_t[FA_MAX_HEAD_DIM][FA_KV_TILE], v_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
-        T k_r[FA_KV_TILE][FA_MAX_HEAD_DIM]; // the tile's keys as rows too, for dq
-        T dk_t[FA_MAX_HEAD_DIM][FA_KV_TILE], dv_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
-        T q_blk[FA_QB][FA_MAX_HEAD_DIM], do_blk[FA_QB][FA_MAX_HEAD_DIM];
-        T p[FA_QB][FA_KV_TILE], ds[FA_QB][FA_KV_TILE];
+        alignas(64) T k_t[FA_MAX_HEAD_DIM][FA_KV_TILE], v_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
+        alignas(64) T k_r[FA_KV_TILE][FA_MAX_HEAD_DIM]; // the tile's keys as rows too, for dq
+        alignas(64) T dk_t[FA_MAX_HEAD_DIM][FA_KV_TILE], dv_t[FA_MAX_HEAD_DIM][FA_KV_TILE];
+        alignas(64) T q_blk[FA_QB][FA_MAX_HEAD_DIM], do_blk[FA_QB][FA_MAX_HEAD_DIM];
+        alignas(64) T p[FA_QB][FA_KV_TILE], ds[FA_QB][FA_KV_TILE];
         for (int j0 = 0; j0 < kv_len; j0 += FA_KV_TILE) {
             const int nk = kv_len - j0 < FA_KV_TILE ? kv_len - j0 : FA_KV_TILE;
-            for (int j = 0; j < nk; j++) {
+            const int nk_pad = ceil_div(nk, KB) * KB; // FA_KV_TILE is a multiple of KB
+            for (int j = 0; j < nk_pad; j++) {
                 const T* kj = k + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
                 const T* vj = v + kv_base + (long)(j0 + j) * kv_layout.seq_stride;
                 for (int e = 0; e < d; e++) {
-                    k_t[e][j] = k_r[j][e] = kj[e];
-                    v_t[e][j] = vj[e];
+                    k_t[e][j] = j < nk ? kj[e] : (T)0; // padding lanes 0
+                    v_t[e][j] = j < nk ? vj[e] : (T)0;
+                    dk_t[e][j] = dv_t[e][j] = 0;
+                    if (j < nk) k_r[j][e] = kj[e];
                 }
-                for (int e = d; e < ceil_div(d, FA_LANES) * FA_LANES; e++) k_r[j][e] = 0; // padding lanes
-            }
-            for (int e = 0; e < d; e++) {
-                for (int j = 0; j < nk; j++) dk_t[e][j] = dv_t[e][j] = 0;
-                for (int j = nk; j < ceil_div(nk, FA_LANES) * FA_LANES; j++) k_t[e][j] = v_t[e][j] = 0; // padding lanes
+                if (j < nk)
+                    for (int e = d; e < d_pad; e++) k_r[j][e] = 0; // padding lanes
             }
             // queries in blocks of FA_QB: every K/V/dK/dV vector loaded feeds FA_QB FMAs
             for (int i0 = 0; i0 < q_len; i0 += FA_QB) {
@@ -301,31 +355,34 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                         D[b] = 0;
                         lse_b[b] = INFINITY;
                     }
-                    for (int j = 0; j < nk; j++) p[b][j] = ds[b][j] = 0;
                 }
-                // q . k_j and dO . v_j, FA_LANES keys at a time: the 2 x FA_QB accumulators stay in
-                // registers over the head dimension (summed over e in order, as before)
-                for (int jv = 0; jv < nk; jv += FA_LANES) {
-                    T pa[FA_QB][FA_LANES], da[FA_QB][FA_LANES];
-                    for (int b = 0; b < FA_QB; b++)
-                        for (int l = 0; l < FA_LANES; l++) pa[b][l] = da[b][l] = 0;
+                // q . k_j, then dO . v_j, KB keys at a time: FA_QB x 2 accumulators in registers
+                // over the head dimension
+                for (int jv = 0; jv < nk_pad; jv += KB) {
+                    V pa[FA_QB][2], da[FA_QB][2];
+                    for (int b = 0; b < FA_QB; b++) pa[b][0] = pa[b][1] = da[b][0] = da[b][1] = V{};
                     for (int e = 0; e < d; e++) {
-                        const T* kt = &k_t[e][jv];
-                        const T* vt = &v_t[e][jv];
+                        const V k0 = *(const V*)&k_t[e][jv], k1 = *(const V*)&k_t[e][jv + FA_LANES];
                         for (int b = 0; b < FA_QB; b++) {
-                            const T qe = q_blk[b][e], de = do_blk[b][e];
-#pragma omp simd
-                            for (int l = 0; l < FA_LANES; l++) {
-                                pa[b][l] += qe * kt[l];
-                                da[b][l] += de * vt[l];
-                            }
+                            const T qe = q_blk[b][e];
+                            pa[b][0] += qe * k0;
+                            pa[b][1] += qe * k1;
                         }
                     }
-                    for (int b = 0; b < FA_QB; b++)
-                        for (int l = 0; l < FA_LANES; l++) {
-                            p[b][jv + l] = pa[b][l];
-                            ds[b][jv + l] = da[b][l];
+                    for (int e = 0; e < d; e++) {
+                        const V v0 = *(const V*)&v_t[e][jv], v1 = *(const V*)&v_t[e][jv + FA_LANES];
+                        for (int b = 0; b < FA_QB; b++) {
+                            const T de = do_blk[b][e];
+                            da[b][0] += de * v0;
+                            da[b][1] += de * v1;
                         }
+                    }
+                    for (int b = 0; b < FA_QB; b++) {
+                        *(V*)&p[b][jv] = pa[b][0];
+                        *(V*)&p[b][jv + FA_LANES] = pa[b][1];
+                        *(V*)&ds[b][jv] = da[b][0];
+                        *(V*)&ds[b][jv + FA_LANES] = da[b][1];
+                    }
                 }
                 for (int b = 0; b < FA_QB; b++) {
 #pragma omp simd
@@ -333,42 +390,50 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                     fa_exp_inplace(p[b], nk);
 #pragma omp simd
                     for (int j = 0; j < nk; j++) ds[b][j] = p[b][j] * (ds[b][j] - D[b]) * scale;
+                    for (int j = nk; j < nk_pad; j++) p[b][j] = ds[b][j] = 0; // padding keys add nothing
                 }
-                for (int e = 0; e < d; e++) {
-                    T qe[FA_QB], de[FA_QB];
-                    for (int b = 0; b < FA_QB; b++) { qe[b] = q_blk[b][e]; de[b] = do_blk[b][e]; }
-#pragma omp simd
-                    for (int j = 0; j < nk; j++) {
-                        T dv_acc = dv_t[e][j], dk_acc = dk_t[e][j];
+                // dv += p^T dO and dk += ds^T q, KB keys at a time: the FA_QB x 2 probabilities (or
+                // ds) stay in registers over the head dimension, each dv/dk vector loaded once
+                for (int jv = 0; jv < nk_pad; jv += KB) {
+                    V pb[FA_QB][2];
+                    for (int b = 0; b < FA_QB; b++) {
+                        pb[b][0] = *(const V*)&p[b][jv];
+                        pb[b][1] = *(const V*)&p[b][jv + FA_LANES];
+                    }
+                    for (int e = 0; e < d; e++) {
+                        V a0 = *(const V*)&dv_t[e][jv], a1 = *(const V*)&dv_t[e][jv + FA_LANES];
                         for (int b = 0; b < FA_QB; b++) {
-                            dv_acc += de[b] * p[b][j];
-                            dk_acc += qe[b] * ds[b][j];
+                            const T de = do_blk[b][e];
+                            a0 += de * pb[b][0];
+                            a1 += de * pb[b][1];
                         }
-                        dv_t[e][j] = dv_acc;
-                        dk_t[e][j] = dk_acc;
+                        *(V*)&dv_t[e][jv] = a0;
+                        *(V*)&dv_t[e][jv + FA_LANES] = a1;
                     }
-                }
-                // dq_i += sum_j ds_ij k_j along the key rows, FA_LANES dims at a time: the FA_QB
-                // accumulators stay in registers over the keys (no horizontal sums, no chain
-                // through memory)
-                for (int e0 = 0; e0 < d; e0 += FA_LANES) {
-                    T acc[FA_QB][FA_LANES];
-                    for (int b = 0; b < FA_QB; b++)
-                        for (int l = 0; l < FA_LANES; l++) acc[b][l] = 0;
-                    for (int j = 0; j < nk; j++) {
-                        const T* kr = &k_r[j][e0];
+                    for (int b = 0; b < FA_QB; b++) {
+                        pb[b][0] = *(const V*)&ds[b][jv];
+                        pb[b][1] = *(const V*)&ds[b][jv + FA_LANES];
+                    }
+                    for (int e = 0; e < d; e++) {
+                        V a0 = *(const V*)&dk_t[e][jv], a1 = *(const V*)&dk_t[e][jv + FA_LANES];
                         for (int b = 0; b < FA_QB; b++) {
-                            const T dsj = ds[b][j];
-#pragma omp simd
-                            for (int l = 0; l < FA_LANES; l++) acc[b][l] += dsj * kr[l];
+                            const T qe = q_blk[b][e];
+                            a0 += qe * pb[b][0];
+                            a1 += qe * pb[b][1];
                         }
-                    }
-                    const int we = d - e0 < FA_LANES ? d - e0 : FA_LANES;
-                    for (int b = 0; b < nqb; b++) {
-                        T* dqi = dq + q_base + (long)(i0 + b) * q_layout.seq_stride + e0;
-                        for (int l = 0; l < we; l++) dqi[l] += acc[b][l];
+                        *(V*)&dk_t[e][jv] = a0;
+                        *(V*)&dk_t[e][jv + FA_LANES] = a1;
                     }
                 }
+                // dq_i += sum_j ds_ij k_j along the key rows, 3 x FA_LANES dims at a time
+                T* dq_blk = dq + q_base + (long)i0 * q_layout.seq_stride;
+                int e0 = 0;
+                for (; d - e0 > 2 * FA_LANES; e0 += 3 * FA_LANES)
+                    fa_dq_block<3>(dq_blk, q_layout.seq_stride, k_r, ds, nk, nqb, e0, d);
+                if (d - e0 > FA_LANES)
+                    fa_dq_block<2>(dq_blk, q_layout.seq_stride, k_r, ds, nk, nqb, e0, d);
+                else if (d - e0 > 0)
+                    fa_dq_block<1>(dq_blk, q_layout.seq_stride, k_r, ds, nk, nqb, e0, d);
             }
             for (int j = 0; j < nk; j++) {
                 T* dkj = dk + kv_base + (long)(j0 + j) * kv_layout.seq_stride;

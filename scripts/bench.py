@@ -6,7 +6,9 @@ scripts/bench_pytorch.py's figure for the same model, shapes and thread count un
 PyTorch (a virtual environment, --torch-python; scripts/bench.sh installs it on first use) and
 under Debian's PyTorch (/usr/bin/python3), all in this run. The three are run in turn --repeats
 times, so that the machine's drift hits all alike; each line gives the median and the minimum
-over the repeats, and the ratio lines divide PyTorch's median by Mosaic's (> 1: Mosaic faster).
+over the repeats (and every repeat's figure, to show the noise), and the ratio lines divide
+PyTorch's median by Mosaic's (> 1: Mosaic faster), the minimums likewise, and each repeat's
+PyTorch figure by the same repeat's Mosaic figure (ratio_paired_median: slow drift cancels).
 Memory: each process's peak resident set and its resident set before the first step (model,
 optimizer and batch allocated); their difference is what the steps themselves add.
 Also the achieved GFLOP/s from a count of the step's matmul and attention FLOPs.
@@ -102,6 +104,7 @@ def main():
     m = runs["mosaic"][-1]
     print(json.dumps({"bench": "mosaic_train_step", **config, "ms_per_step": round(median(ms["mosaic"]), 2),
                       "ms_per_step_min": round(min(ms["mosaic"]), 2), "repeats": args.repeats,
+                      "ms_per_step_each": [round(v, 1) for v in ms["mosaic"]],
                       "datasets_per_s": round(B / (median(ms["mosaic"]) / 1000), 2), "gflop_per_step": round(gflop, 2),
                       "gflop_per_s": round(gflop / (median(ms["mosaic"]) / 1000), 2),
                       "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["mosaic"]),
@@ -111,7 +114,8 @@ def main():
         t = runs[label][-1]
         print(json.dumps({"bench": "pytorch_train_step", "pytorch": label, **config, "torch": t.get("torch"),
                           "ms_per_step": round(median(ms[label]), 2), "ms_per_step_min": round(min(ms[label]), 2),
-                          "repeats": args.repeats, "datasets_per_s": round(B / (median(ms[label]) / 1000), 2),
+                          "repeats": args.repeats, "ms_per_step_each": [round(v, 1) for v in ms[label]],
+                          "datasets_per_s": round(B / (median(ms[label]) / 1000), 2),
                           "gflop_per_s": round(gflop / (median(ms[label]) / 1000), 2),
                           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[label]),
                           "rss_before_steps_mb": t["rss_before_steps_mb"],
@@ -120,9 +124,12 @@ def main():
         t = runs[label][-1]
         step_mb_mosaic = m["peak_rss_mb"] - m["rss_before_steps_mb"]
         step_mb_torch = t["peak_rss_mb"] - t["rss_before_steps_mb"]
+        paired = [p / q for p, q in zip(ms[label], ms["mosaic"])]  # run back to back: drift cancels
         print(json.dumps({"bench": "speedup_vs_pytorch", "pytorch": label, "torch": t.get("torch"), **config,
                           "ratio": round(median(ms[label]) / median(ms["mosaic"]), 3),
                           "ratio_of_minimums": round(min(ms[label]) / min(ms["mosaic"]), 3),
+                          "ratio_paired_median": round(median(paired), 3),
+                          "ratio_each_repeat": [round(r, 3) for r in paired],
                           "step_memory_mb_mosaic": round(step_mb_mosaic, 1),
                           "step_memory_mb_pytorch": round(step_mb_torch, 1)}))
 
