@@ -590,11 +590,6 @@ static void format_duration(char* out, size_t size, double seconds) {
     else snprintf(out, size, "%ldm%02lds", s / 60, s % 60);
 }
 
-// After the update: a non-finite loss or gradient stops the run, naming the step and the tensor
-// ("loss", or the first parameter gradient by PyTorch name, in layout order, that holds NaN or
-// Inf), before anything is saved, so the last checkpoint stays as it was. Every rank checks its
-// own gradients (a bad rank may be the only one: e.g. an injected NaN after the all-reduce) and
-// the ranks agree through one small all-reduce per step; the lowest bad rank reports.
 // this process's resident memory now (VmRSS of /proc/self/status), -1 where unknown
 static long current_rss_kb(void) {
     FILE* f = fopen("/proc/self/status", "r");
@@ -607,6 +602,11 @@ static long current_rss_kb(void) {
     return kb;
 }
 
+// After the update: a non-finite loss or gradient stops the run, naming the step and the tensor
+// ("loss", or the first parameter gradient by PyTorch name, in layout order, that holds NaN or
+// Inf), before anything is saved, so the last checkpoint stays as it was. Every rank checks its
+// own gradients (a bad rank may be the only one: e.g. an injected NaN after the all-reduce) and
+// the ranks agree through one small all-reduce per step; the lowest bad rank reports.
 static void check_finite_step(TabPFN* model, Comm* world, float loss, float grad_norm, int step) {
     const int bad = !isfinite(loss) || !isfinite(grad_norm);
     if (!comm_host_allreduce_max_long(world, bad)) return;

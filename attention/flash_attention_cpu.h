@@ -284,6 +284,30 @@ static inline void fa_dq_block(T* dq, long q_stride, const T (*k_r)[FA_MAX_HEAD_
     }
 }
 
+// g_t[e][jv, jv + 2 FA_LANES) += sum_b w[b][jv..] x[b][e]: one key gradient (dv from p and dO,
+// dk from ds and q) for a register block of 2 key vectors; the FA_QB weight vectors stay in
+// registers over the head dimension, each g_t vector is loaded once, the sum runs over b in order
+template <typename T>
+static inline void fa_key_grad_block(T (*g_t)[FA_KV_TILE], const T (*w)[FA_KV_TILE], const T (*x)[FA_MAX_HEAD_DIM],
+                                     int jv, int d) {
+    typedef typename FaVec<T>::V V;
+    V wb[FA_QB][2];
+    for (int b = 0; b < FA_QB; b++) {
+        wb[b][0] = *(const V*)&w[b][jv];
+        wb[b][1] = *(const V*)&w[b][jv + FA_LANES];
+    }
+    for (int e = 0; e < d; e++) {
+        V a0 = *(const V*)&g_t[e][jv], a1 = *(const V*)&g_t[e][jv + FA_LANES];
+        for (int b = 0; b < FA_QB; b++) {
+            const T xe = x[b][e];
+            a0 += xe * wb[b][0];
+            a1 += xe * wb[b][1];
+        }
+        *(V*)&g_t[e][jv] = a0;
+        *(V*)&g_t[e][jv + FA_LANES] = a1;
+    }
+}
+
 // Backward from the saved output and lse. ACCUMULATES into dq, dk, dv (callers zero them),
 // so that a sharded caller can run it once per key block. Work is split over
 // (sequence, head) pairs, each owned by one thread, so the accumulations never race.
@@ -392,38 +416,10 @@ static void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T
                     for (int j = 0; j < nk; j++) ds[b][j] = p[b][j] * (ds[b][j] - D[b]) * scale;
                     for (int j = nk; j < nk_pad; j++) p[b][j] = ds[b][j] = 0; // padding keys add nothing
                 }
-                // dv += p^T dO and dk += ds^T q, KB keys at a time: the FA_QB x 2 probabilities (or
-                // ds) stay in registers over the head dimension, each dv/dk vector loaded once
+                // dv += p^T dO and dk += ds^T q, KB keys at a time
                 for (int jv = 0; jv < nk_pad; jv += KB) {
-                    V pb[FA_QB][2];
-                    for (int b = 0; b < FA_QB; b++) {
-                        pb[b][0] = *(const V*)&p[b][jv];
-                        pb[b][1] = *(const V*)&p[b][jv + FA_LANES];
-                    }
-                    for (int e = 0; e < d; e++) {
-                        V a0 = *(const V*)&dv_t[e][jv], a1 = *(const V*)&dv_t[e][jv + FA_LANES];
-                        for (int b = 0; b < FA_QB; b++) {
-                            const T de = do_blk[b][e];
-                            a0 += de * pb[b][0];
-                            a1 += de * pb[b][1];
-                        }
-                        *(V*)&dv_t[e][jv] = a0;
-                        *(V*)&dv_t[e][jv + FA_LANES] = a1;
-                    }
-                    for (int b = 0; b < FA_QB; b++) {
-                        pb[b][0] = *(const V*)&ds[b][jv];
-                        pb[b][1] = *(const V*)&ds[b][jv + FA_LANES];
-                    }
-                    for (int e = 0; e < d; e++) {
-                        V a0 = *(const V*)&dk_t[e][jv], a1 = *(const V*)&dk_t[e][jv + FA_LANES];
-                        for (int b = 0; b < FA_QB; b++) {
-                            const T qe = q_blk[b][e];
-                            a0 += qe * pb[b][0];
-                            a1 += qe * pb[b][1];
-                        }
-                        *(V*)&dk_t[e][jv] = a0;
-                        *(V*)&dk_t[e][jv + FA_LANES] = a1;
-                    }
+                    fa_key_grad_block(dv_t, p, do_blk, jv, d);
+                    fa_key_grad_block(dk_t, ds, q_blk, jv, d);
                 }
                 // dq_i += sum_j ds_ij k_j along the key rows, 3 x FA_LANES dims at a time
                 T* dq_blk = dq + q_base + (long)i0 * q_layout.seq_stride;

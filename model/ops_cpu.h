@@ -114,18 +114,19 @@ static void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
 // LayerNorm over the last dimension, eps 1e-5, biased variance (as torch.nn.LayerNorm)
 
 // res (N, E) = a + b, then out = LayerNorm(res): the residual add and the norm in one pass over
-// the rows (res may be a; b NULL: no add, res = a is the input). mean, rstd (N)
+// the rows (res may be a; b NULL: no add, a is the input and res is not written). mean, rstd (N)
 template <typename T>
 static void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T* a, const T* b, const T* weight,
                                        const T* bias, long N, int E) {
 #pragma omp parallel for schedule(static)
     for (long n = 0; n < N; n++) {
-        T* x = res + n * E;
+        const T* x = a + n * E;
         if (b) {
-            const T* an = a + n * E;
+            T* r = res + n * E;
             const T* bn = b + n * E;
 #pragma omp simd
-            for (int e = 0; e < E; e++) x[e] = an[e] + bn[e];
+            for (int e = 0; e < E; e++) r[e] = x[e] + bn[e];
+            x = r;
         }
         // sums in double across vector lanes (simd reductions: a fixed order, any thread count)
         double m = 0.0;
@@ -148,7 +149,7 @@ static void residual_layernorm_forward(T* res, T* out, T* mean, T* rstd, const T
 template <typename T>
 static void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, long N, int E) {
     // out, inp (N, E); mean, rstd (N)
-    residual_layernorm_forward((T*)inp, out, mean, rstd, inp, (const T*)NULL, weight, bias, N, E);
+    residual_layernorm_forward((T*)NULL, out, mean, rstd, inp, (const T*)NULL, weight, bias, N, E);
 }
 
 template <typename T>
